@@ -1,0 +1,195 @@
+"""Where mapped bytes come from: regions of files held open, and byte strings.
+
+A source is addressed by *source offset*; the memory map decides which offsets serve
+which addresses.  Two ways out:
+
+* :meth:`Source.read_into` / :meth:`Source.pread` copy bytes with ``preadv(2)``.  A backing
+  file that shrank gives a short count, never a signal.
+* :meth:`Source.view` returns a zero-copy buffer (a slice of an ``mmap`` for files) meant
+  to be handed to the kernel only, as the payload of a FUSE reply.  The kernel copies it
+  with ``copy_from_user``: if the file shrank in the meantime, that copy fails with
+  ``EFAULT`` (the reader sees ``EIO``) instead of the ``SIGBUS`` that touching the same
+  page from Python would raise.  :meth:`view` also clips to the file's current size first,
+  so the race is limited to a truncation during the reply itself.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import stat
+from abc import ABC, abstractmethod
+from typing import BinaryIO
+
+SourceSpec = str | os.PathLike[str] | bytes | int | BinaryIO
+"""What ``add_file`` accepts: a path, a file descriptor or a binary file object."""
+
+
+class Source(ABC):
+    """A readable run of bytes at source offsets ``0 .. size()-1``."""
+
+    name: str
+    """How the source is shown to users: an absolute path, ``fd:N`` or ``<bytes>``."""
+
+    @abstractmethod
+    def size(self) -> int:
+        """The current number of bytes (a file may shrink while mapped)."""
+
+    @abstractmethod
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        """Copy bytes from ``offset`` into ``buffer``; return the count (short at the end)."""
+
+    @abstractmethod
+    def view(self, offset: int, length: int) -> memoryview:
+        """Zero-copy bytes ``[offset, offset + length)``, clipped to the current size.
+
+        For kernel consumption only (see the module docstring).
+        """
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Copy up to ``length`` bytes from ``offset`` (short at the end)."""
+        buffer = bytearray(length)
+        count = self.read_into(offset, memoryview(buffer))
+        del buffer[count:]
+        return bytes(buffer)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the source holds open."""
+
+
+class BytesSource(Source):
+    """Bytes held in memory (an immutable copy of what was given)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, name: str = "<bytes>") -> None:
+        self._data = bytes(data)
+        self._view = memoryview(self._data)
+        self.name = name
+
+    def size(self) -> int:
+        return len(self._data)
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        chunk = self._view[offset:offset + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+    def view(self, offset: int, length: int) -> memoryview:
+        return self._view[offset:offset + length]
+
+    @property
+    def data(self) -> bytes:
+        """The bytes themselves."""
+        return self._data
+
+
+class FileSource(Source):
+    """A file held open by a descriptor of its own (``O_RDONLY | O_CLOEXEC``).
+
+    Regular files and block devices are also mapped with ``mmap`` (lazily, at the size
+    they had when first viewed) so that :meth:`view` needs no copy.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        """Take ownership of ``fd`` (closed by :meth:`close`)."""
+        self.fd = fd
+        self.name = name
+        st = os.fstat(fd)
+        self._regular = stat.S_ISREG(st.st_mode)
+        self.identity = (st.st_dev, st.st_ino)
+        self._map: mmap.mmap | None = None
+        self._map_view: memoryview | None = None
+        self._map_tried = False
+
+    def size(self) -> int:
+        if self._regular:
+            return os.fstat(self.fd).st_size
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        fd = self.fd
+        done = 0
+        total = len(buffer)
+        while done < total:
+            count = os.preadv(fd, [buffer[done:]], offset + done)
+            if count <= 0:
+                break
+            done += count
+        return done
+
+    def view(self, offset: int, length: int) -> memoryview:
+        size = self.size()
+        if offset + length > size:
+            length = max(0, size - offset)
+        if length == 0:
+            return memoryview(b"")
+        map_view = self._map_view
+        if map_view is None or offset + length > len(map_view):
+            map_view = self._remap(size)
+            if map_view is None:
+                return memoryview(self.pread(offset, length))
+        return map_view[offset:offset + length]
+
+    def _remap(self, size: int) -> memoryview | None:
+        """Map the file at its current size; ``None`` where mmap is not possible."""
+        if self._map_tried and self._map is None:
+            return None
+        self._map_tried = True
+        try:
+            new_map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError):
+            self._map = None
+            return None
+        # The old map stays alive while views of it are still referenced.
+        self._map = new_map
+        self._map_view = memoryview(new_map)
+        return self._map_view
+
+    def close(self) -> None:
+        self._map_view = None
+        self._map = None
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def open_file_source(spec: SourceSpec) -> Source:
+    """Open what ``add_file`` was given as a :class:`Source`.
+
+    Paths are opened read-only; a descriptor is duplicated (the caller keeps its own);
+    a file object with a descriptor is duplicated too, and one without (``io.BytesIO``)
+    is read whole into memory from its start.
+
+    :raises OSError: if the path cannot be opened.
+    :raises TypeError: for anything else.
+    """
+    if isinstance(spec, (str, bytes, os.PathLike)):
+        path = os.fsdecode(spec)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise IsADirectoryError(f"{path}: is a directory")
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileSource(fd, os.path.abspath(path))
+    if isinstance(spec, int):
+        return FileSource(os.dup(spec), f"fd:{spec}")
+    fileno = getattr(spec, "fileno", None)
+    if fileno is not None:
+        try:
+            fd = fileno()
+        except (OSError, io.UnsupportedOperation):
+            fd = None
+        if fd is not None:
+            name = getattr(spec, "name", None)
+            label = os.path.abspath(name) if isinstance(name, str) else f"fd:{fd}"
+            return FileSource(os.dup(fd), label)
+    read = getattr(spec, "read", None)
+    if read is None:
+        raise TypeError(f"cannot map a {type(spec).__name__}: give a path, fd or file object")
+    seek = getattr(spec, "seek", None)
+    if seek is not None:
+        seek(0)
+    return BytesSource(read(), "<file object>")
