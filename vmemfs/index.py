@@ -9,10 +9,11 @@ Two layers keep inserts cheap without ever rebuilding from scratch:
 
 * the **base layer**: four parallel numpy arrays (``starts``, ``lasts``, ``sources``,
   ``deltas``), 28 bytes per piece;
-* the **top layer**: a small :class:`sortedcontainers.SortedDict` of pieces newer than
-  every piece of the base layer, itself kept sorted and disjoint by override inserts
-  (an insert trims, splits or drops the top pieces it covers: at most three new
-  pieces).
+* the **top layer**: a bounded set of pieces newer than every piece of the base layer,
+  itself kept sorted and disjoint by override inserts (an insert trims, splits or drops
+  the top pieces it covers: at most three new pieces).  Its starts live in a blocked
+  sorted list (Python lists of at most ``2 * _BLOCK`` ints, searched with :mod:`bisect`),
+  its values in a dict, so that an insert costs a handful of C-level operations.
 
 Where the top layer has a piece it wins; elsewhere the base layer shows through.  When
 the top layer grows past a fraction of the base layer it is merged into the arrays in
@@ -28,21 +29,24 @@ in ``np.uint64`` first; values coming out are converted with ``int()`` or ``toli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
-from sortedcontainers import SortedDict
 
 ADDRESS_LIMIT = 1 << 64
 """One past the highest address."""
 MASK64 = ADDRESS_LIMIT - 1
 _U64_MAX = np.uint64(MASK64)
 
-_MIN_TOP = 1024
+_MIN_TOP = 4096
 """The top layer is merged once it holds more than this many pieces..."""
-_TOP_SHIFT = 5
-"""...or more than 1/32 of the base layer's pieces, whichever is larger."""
+_TOP_SHIFT = 4
+"""...or more than 1/16 of the base layer's pieces, whichever is larger."""
+_BLOCK = 256
+"""Top-layer blocks are split when they pass twice this many starts."""
 
 
 class Piece(NamedTuple):
@@ -92,7 +96,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         self._sources: np.ndarray = _empty(np.int32)
         self._deltas: np.ndarray = _empty(np.uint64)
         # start -> (last, source, delta), all Python ints; newer than the arrays.
-        self._top: SortedDict = SortedDict()
+        self._top = _TopLayer()
         self._extents: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ inserts
@@ -111,29 +115,10 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         check_range(start, end)
         if start == end:
             return
-        last = end - 1
-        delta &= MASK64
-        top = self._top
         self._extents = None
-        lo = top.bisect_left(start)
-        hi = top.bisect_right(last)
-        if lo:
-            key = top.keys()[lo - 1]
-            prev_last, prev_source, prev_delta = top[key]
-            if prev_last >= start:
-                top[key] = (start - 1, prev_source, prev_delta)
-                if prev_last > last:
-                    # The new piece lies strictly inside an older one: split it.
-                    top[last + 1] = (prev_last, prev_source, prev_delta)
-        if hi > lo:
-            keys = top.keys()
-            tail_last, tail_source, tail_delta = top[keys[hi - 1]]
-            for key in list(keys[lo:hi]):
-                del top[key]
-            if tail_last > last:
-                top[last + 1] = (tail_last, tail_source, tail_delta)
-        top[start] = (last, source, delta)
-        if len(top) > max(_MIN_TOP, len(self._starts) >> _TOP_SHIFT):
+        top = self._top
+        top.override(start, end - 1, source, delta & MASK64)
+        if len(top.values) > _MIN_TOP and len(top.values) > len(self._starts) >> _TOP_SHIFT:
             self.flush()
 
     def insert_many(
@@ -192,16 +177,9 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         correctness.
         """
         top = self._top
-        if not top:
+        if not top.values:
             return
-        count = len(top)
-        values = top.values()
-        self._merge(
-            np.fromiter(top.keys(), dtype=np.uint64, count=count),
-            np.fromiter((v[0] for v in values), dtype=np.uint64, count=count),
-            np.fromiter((v[1] for v in values), dtype=np.int32, count=count),
-            np.fromiter((v[2] for v in values), dtype=np.uint64, count=count),
-        )
+        self._merge(*top.arrays())
         top.clear()
 
     def _merge(self, ts: np.ndarray, tl: np.ndarray, tsrc: np.ndarray,
@@ -272,11 +250,10 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         Runtime complexity: ``O(log n)``.
         """
         top = self._top
-        if top:
-            i = top.bisect_right(address)
-            if i:
-                key = top.keys()[i - 1]
-                last, source, delta = top[key]
+        if top.values:
+            key = top.predecessor(address)
+            if key is not None:
+                last, source, delta = top.values[key]
                 if last >= address:
                     return Piece(key, last + 1, source, (key + delta) & MASK64)
         starts = self._starts
@@ -291,7 +268,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         start = int(starts[j])
         base = Piece(start, last + 1, int(self._sources[j]),
                      (start + int(self._deltas[j])) & MASK64)
-        if top:
+        if top.values:
             return self._clip_by_top(base, address)
         return base
 
@@ -299,15 +276,14 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         """Shrink a base piece around ``address`` to the part the top layer leaves."""
         top = self._top
         start, end = piece.start, piece.end
-        i = top.bisect_right(address)
-        if i:
-            last = top[top.keys()[i - 1]][0]
+        before = top.predecessor(address)
+        if before is not None:
+            last = top.values[before][0]
             if last >= start:
                 start = last + 1
-        if i < len(top):
-            key = top.keys()[i]
-            if key < end:
-                end = key
+        after = top.successor(address)
+        if after is not None and after < end:
+            end = after
         return Piece(start, end, piece.source, (piece.offset + start - piece.start) & MASK64)
 
     def resolve(self, start: int, end: int) -> list[Piece]:
@@ -326,20 +302,20 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         last = end - 1
         base = self._base_slice(start, last)
         top = self._top
-        if not top:
+        if not top.values:
             return base
-        lo = top.bisect_right(start)
-        if lo and top[top.keys()[lo - 1]][0] >= start:
-            lo -= 1
-        hi = top.bisect_right(last)
-        if lo == hi:
+        keys = top.starts_between(start, last)
+        before = top.predecessor(start)
+        if before is not None and before < start and top.values[before][0] >= start:
+            keys.insert(0, before)
+        if not keys:
             return base
         if len(base) > 64:
             self.flush()
             return self._base_slice(start, last)
         covers = []
-        for key in top.keys()[lo:hi]:
-            piece_last, source, delta = top[key]
+        for key in keys:
+            piece_last, source, delta = top.values[key]
             s, e = max(key, start), min(piece_last, last) + 1
             covers.append(Piece(s, e, source, (s + delta) & MASK64))
         # Base pieces show only in the gaps between the covering top pieces.
@@ -486,8 +462,14 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
             assert bool(np.all(self._starts <= self._lasts))
             assert bool(np.all(self._starts[1:] > self._lasts[:-1]))
             assert bool(np.all(self._sources >= 0))
+        top = self._top
+        keys = list(top.keys())
+        assert sorted(keys) == keys and len(keys) == len(top.values)
+        assert top.firsts == [block[0] for block in top.blocks]
+        assert all(0 < len(block) <= 2 * _BLOCK for block in top.blocks)
         previous_last = -1
-        for key, (last, source, delta) in self._top.items():
+        for key in keys:
+            last, source, delta = top.values[key]
             assert isinstance(key, int) and isinstance(last, int)
             assert previous_last < key <= last <= MASK64
             assert source >= 0 and 0 <= delta <= MASK64
@@ -497,6 +479,141 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
             assert bool(np.all(starts <= lasts))
             if len(starts) > 1:
                 assert bool(np.all(starts[1:] > lasts[:-1] + np.uint64(1)))
+
+
+class _TopLayer:
+    """Sorted, disjoint pieces ``start -> (last, source, delta)`` with cheap overrides.
+
+    Starts are kept in blocks (sorted Python lists) indexed by their first elements, so
+    every search is a C-level :func:`bisect.bisect_right` and every insert or delete moves
+    at most ``2 * _BLOCK`` references.
+    """
+
+    __slots__ = ("blocks", "firsts", "values")
+
+    def __init__(self) -> None:
+        self.blocks: list[list[int]] = []
+        self.firsts: list[int] = []
+        self.values: dict[int, tuple[int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.firsts.clear()
+        self.values.clear()
+
+    def keys(self) -> Iterator[int]:
+        return chain.from_iterable(self.blocks)
+
+    def _add_key(self, key: int) -> None:
+        firsts, blocks = self.firsts, self.blocks
+        bi = bisect_right(firsts, key) - 1
+        if bi < 0:
+            if not blocks:
+                blocks.append([key])
+                firsts.append(key)
+                return
+            bi = 0
+            blocks[0].insert(0, key)
+            firsts[0] = key
+        else:
+            insort(blocks[bi], key)
+        block = blocks[bi]
+        if len(block) > 2 * _BLOCK:
+            blocks.insert(bi + 1, block[_BLOCK:])
+            firsts.insert(bi + 1, block[_BLOCK])
+            del block[_BLOCK:]
+
+    def predecessor(self, address: int) -> int | None:
+        """The greatest start ``<= address``, or ``None``."""
+        bi = bisect_right(self.firsts, address) - 1
+        if bi < 0:
+            return None
+        block = self.blocks[bi]
+        return block[bisect_right(block, address) - 1]
+
+    def successor(self, address: int) -> int | None:
+        """The least start ``> address``, or ``None``."""
+        firsts = self.firsts
+        bi = bisect_right(firsts, address) - 1
+        if bi >= 0:
+            block = self.blocks[bi]
+            i = bisect_right(block, address)
+            if i < len(block):
+                return block[i]
+        return firsts[bi + 1] if bi + 1 < len(firsts) else None
+
+    def starts_between(self, low: int, high: int) -> list[int]:
+        """Every start in ``[low, high]``, ascending."""
+        firsts, blocks = self.firsts, self.blocks
+        bi = max(bisect_right(firsts, low) - 1, 0)
+        found: list[int] = []
+        while bi < len(blocks):
+            block = blocks[bi]
+            i = bisect_left(block, low)
+            j = bisect_right(block, high)
+            found.extend(block[i:j])
+            if j < len(block):
+                break
+            bi += 1
+        return found
+
+    def override(self, start: int, last: int, source: int, delta: int) -> None:
+        """Lay ``[start, last]`` over the pieces here: trim, split or drop what it covers."""
+        values = self.values
+        before = self.predecessor(start - 1) if start else None
+        if before is not None:
+            before_last, before_source, before_delta = values[before]
+            if before_last >= start:
+                values[before] = (start - 1, before_source, before_delta)
+                if before_last > last:
+                    # Strictly inside an older piece: split it, nothing else is covered.
+                    values[last + 1] = (before_last, before_source, before_delta)
+                    self._add_key(last + 1)
+                    values[start] = (last, source, delta)
+                    self._add_key(start)
+                    return
+        # Drop every piece that starts inside [start, last]; keep the tail of the last one.
+        firsts, blocks = self.firsts, self.blocks
+        bi = max(bisect_right(firsts, start) - 1, 0)
+        tail: tuple[int, int, int] | None = None
+        while bi < len(blocks):
+            block = blocks[bi]
+            i = bisect_left(block, start)
+            j = bisect_right(block, last)
+            if j > i:
+                for key in block[i:j]:
+                    tail = values.pop(key)
+                stopped = j < len(block)
+                del block[i:j]
+                if not block:
+                    del blocks[bi]
+                    del firsts[bi]
+                else:
+                    firsts[bi] = block[0]
+                    bi += 1
+                if stopped:
+                    break
+            elif j < len(block):
+                break
+            else:
+                bi += 1
+        if tail is not None and tail[0] > last:
+            values[last + 1] = tail
+            self._add_key(last + 1)
+        values[start] = (last, source, delta)
+        self._add_key(start)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The pieces as ``(starts, lasts, sources, deltas)`` arrays."""
+        count = len(self.values)
+        keys = list(self.keys())
+        values = self.values
+        table = np.array([values[k] for k in keys], dtype=np.uint64).reshape(count, 3)
+        return (np.array(keys, dtype=np.uint64), table[:, 0].copy(),
+                table[:, 1].astype(np.int32), table[:, 2].copy())
 
 
 def _sub(piece: Piece, start: int, end: int) -> Piece:
