@@ -1,0 +1,586 @@
+"""``mount.vmemfs``: options, the source, the mount point, daemonizing, signals (SPEC §5).
+
+``mount.vmemfs SOURCE MOUNTPOINT [-o OPTIONS] [-f] [-v] [-n] [-s]`` follows mount(8)'s
+helper convention, so ``mount -t vmemfs`` (and ``mount -t fuse.vmemfs`` through the name
+``mount.fuse.vmemfs``) and ``/etc/fstab`` lines work.
+
+Lifecycle: everything that can be checked is checked in the calling process (the
+options, the source and every file it names, the mount point).  Without ``-f`` the
+process then forks; the child starts a new session, mounts, and reports "mounted" or
+the error to the parent through a pipe before it detaches from the terminal and
+serves.  The parent exits 0 only once the filesystem is mounted; otherwise it prints
+the child's error, reaps it and exits 32.  ``SIGTERM``, ``SIGINT``, ``umount DIR`` and
+``fusermount3 -u DIR`` end the daemon with a clean unmount and exit status 0.
+
+User errors are one line, ``mount.vmemfs: error: ...``, with exit status 1 (usage,
+options, the source) or 32 (the mount itself), as mount(8) documents for helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import logging.handlers
+import os
+import signal
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+import trio
+
+from vmemfs import ctl
+from vmemfs.fs import Operations
+from vmemfs.layout import Layout
+
+PROGRAM = "mount.vmemfs"
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_MOUNT_FAILED = 32
+"""mount(8)'s exit status for "mount failure"."""
+
+SUBTYPE = "vmemfs"
+FILESYSTEM_TYPES = ("vmemfs", "fuse.vmemfs")
+
+USAGE = f"""\
+usage: {PROGRAM} SOURCE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-v] [-n] [-s]
+
+Mount SOURCE (an ELF core or executable, a TOML map file, or any other file as raw
+bytes) at MOUNTPOINT: MOUNTPOINT/mem, MOUNTPOINT/extents/, MOUNTPOINT/.ctl/.
+
+options (-o, comma-separated, may be repeated):
+  address=A, offset=O, length=N   place a raw SOURCE's bytes [O, O+N) at address A
+  physical                        ELF: place loads at p_paddr instead of p_vaddr
+  base=A                          the address shown at offset 0 of mem
+  wordsize=32|64|unset            word size of the map (overrides SOURCE's)
+  endian=little|big|le|be|unset   byte order of the map (overrides SOURCE's)
+  holes=eio|zero                  how mem reads holes (default eio)
+  allow_other                     let other users read the mount
+  fsname=NAME                     what /proc/mounts shows as source
+  auto_unmount                    unmount when the daemon dies
+  debug                           log debug messages
+  foreground                      same as -f
+  ro, nodev, nosuid, noexec, ...  passed on to the kernel; rw, defaults, noauto,
+                                  user, users, nofail, _netdev, x-* are accepted
+flags:
+  -f  stay in the foreground, log to stderr
+  -v  say what was mounted, and the daemon's process id
+  -s  sloppy: warn about unknown options instead of failing
+  -n  accepted for mount(8) (there is no mtab to update)
+
+example:
+  {PROGRAM} vmcore /mnt/vmcore -o ro,holes=zero
+"""
+
+_FLAG_OPTIONS = frozenset({
+    "physical", "allow_other", "debug", "foreground", "auto_unmount"})
+_VALUE_OPTIONS = frozenset({
+    "address", "offset", "length", "base", "wordsize", "endian", "holes", "fsname"})
+_KERNEL_FLAGS = frozenset({
+    "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",
+    "noatime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime"})
+"""mount(8) flags handed on to libfuse, which applies them to the kernel mount."""
+_DROPPED_FLAGS = frozenset({
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+    "nofail", "_netdev"})
+"""mount(8) and fstab flags that mean nothing to a FUSE daemon."""
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A bad command line, option or source: one line, exit status 1."""
+
+
+class MountError(Exception):
+    """The mount itself failed (the mount point, libfuse, the kernel): exit status 32."""
+
+
+# -------------------------------------------------------------------- the command line
+
+
+@dataclass
+class MountOptions:
+    """What ``-o`` said, checked."""
+
+    address: int | None = None
+    offset: int | None = None
+    length: int | None = None
+    physical: bool = False
+    base: int | None = None
+    controls: dict[str, Any] = field(default_factory=dict)
+    """``wordsize`` and ``endian`` as given (``None`` means "unset")."""
+    holes: str = ctl.HOLES_EIO
+    allow_other: bool = False
+    auto_unmount: bool = False
+    fsname: str | None = None
+    debug: bool = False
+    foreground: bool = False
+    kernel_flags: list[str] = field(default_factory=list)
+    """mount(8) flags for libfuse (``ro``, ``nodev``, ...), in the order given."""
+
+
+@dataclass
+class Invocation:
+    """A parsed ``mount.vmemfs`` command line."""
+
+    source: str
+    mountpoint: str
+    options: MountOptions
+    verbose: bool = False
+    sloppy: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) -> str | None:
+    """Apply one ``-o`` option (``NAME`` or ``NAME=VALUE``) to ``options``.
+
+    Returns a warning to print (an unknown option under ``sloppy``), else ``None``.
+
+    :raises UsageError: for an unknown option, a bad value, a value given to a flag, or
+        a missing value.
+    """
+    name, equals, value = option.partition("=")
+    if name in _FLAG_OPTIONS:
+        if equals:
+            raise UsageError(f"option '{name}' takes no value")
+        setattr(options, name, True)
+        return None
+    if name in _VALUE_OPTIONS:
+        if not equals or not value:
+            raise UsageError(f"option '{name}' needs a value: {name}=...")
+        try:
+            _set_value_option(options, name, value)
+        except ctl.ControlValueError as error:
+            raise UsageError(f"option {error}") from None
+        return None
+    if option in _KERNEL_FLAGS:
+        options.kernel_flags.append(option)
+        return None
+    if option in _DROPPED_FLAGS or option.startswith(("x-", "comment=")) or not option:
+        return None
+    if sloppy:
+        return f"ignoring unknown option '{option}'"
+    raise UsageError(f"unknown option '{option}'")
+
+
+def _set_value_option(options: MountOptions, name: str, value: str) -> None:
+    if name in ("address", "offset", "length"):
+        setattr(options, name, ctl.parse_address(value, name))
+    elif name == "base":
+        options.base = ctl.parse_base(value)
+    elif name in (ctl.WORDSIZE, ctl.ENDIAN):
+        options.controls[name] = ctl.parse(name, value)
+    elif name == "holes":
+        options.holes = ctl.parse_holes(value)
+    else:
+        options.fsname = value
+
+
+def parse_command_line(argv: Sequence[str]) -> Invocation:
+    """Parse ``mount.vmemfs``'s arguments (without the program name).
+
+    Accepts ``-o`` (repeatable, also ``-oOPTIONS``), ``-f``, ``-v``, ``-n``, ``-s``,
+    the ``-t TYPE`` mount(8) adds for ``fuse.vmemfs``, and flags grouped as ``-fv``.
+
+    :raises UsageError: for anything else, or not exactly two operands.
+    """
+    operands: list[str] = []
+    option_texts: list[str] = []
+    flags: set[str] = set()
+    arguments = list(argv)
+    position = 0
+    while position < len(arguments):
+        argument = arguments[position]
+        position += 1
+        if argument == "--":
+            operands.extend(arguments[position:])
+            break
+        if not argument.startswith("-") or argument == "-":
+            operands.append(argument)
+            continue
+        letters = argument[1:]
+        while letters:
+            letter, letters = letters[0], letters[1:]
+            if letter in "ot":
+                if not letters:
+                    if position == len(arguments):
+                        raise UsageError(f"option -{letter} needs an argument")
+                    letters = arguments[position]
+                    position += 1
+                if letter == "o":
+                    option_texts.append(letters)
+                elif letters not in FILESYSTEM_TYPES:
+                    raise UsageError(f"-t {letters}: this helper mounts type vmemfs only")
+                letters = ""
+            elif letter in "fvns":
+                flags.add(letter)
+            else:
+                raise UsageError(f"unknown flag '-{letter}' (see {PROGRAM} --help)")
+    if len(operands) != 2:
+        raise UsageError(f"expected SOURCE and MOUNTPOINT, got {len(operands)} operands "
+                         f"(see {PROGRAM} --help)")
+    options = MountOptions(foreground="f" in flags)
+    invocation = Invocation(operands[0], operands[1], options, verbose="v" in flags,
+                            sloppy="s" in flags)
+    for text in option_texts:
+        for option in text.split(","):
+            warning = parse_option(option, options, sloppy=invocation.sloppy)
+            if warning:
+                invocation.warnings.append(warning)
+    return invocation
+
+
+# -------------------------------------------------------------------- the source
+
+
+def _loose_file_problem(path: str) -> str | None:
+    """Why root should not trust ``path`` (writable by group/others, owned by another
+    non-root user), or ``None``."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # reported by whoever opens it
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISCHR(info.st_mode) \
+            and not stat.S_ISBLK(info.st_mode):
+        return f"{path} is writable by group or others (chmod go-w {path})"
+    if info.st_uid not in (0, os.getuid()):
+        return f"{path} is owned by uid {info.st_uid}, not by root"
+    return None
+
+
+def check_trusted(paths: Sequence[str]) -> None:
+    """As root, refuse files another user could change (SPEC §5.3).
+
+    A file writable by group or others, or owned by a user other than root, would let
+    that user show any file root can read to the mount's readers.  Device files are
+    judged by owner only (``/dev/sda`` is group-writable by design).
+
+    :raises UsageError: naming the first such file.
+    """
+    if os.geteuid() != 0:
+        return
+    for path in paths:
+        problem = _loose_file_problem(path)
+        if problem:
+            raise UsageError(f"refusing to mount as root: {problem}")
+
+
+def open_map(invocation: Invocation) -> Any:
+    """Open the source as a memory map, with the ``wordsize``/``endian`` options applied.
+
+    :raises UsageError: for a missing, unreadable or malformed source, an option that
+        does not apply to it, or (as root) a source that is not trusted.
+    """
+    from vmemfs.formats import open_source
+
+    options = invocation.options
+    source = invocation.source
+    check_trusted([source])
+    try:
+        memory_map = open_source(source, address=options.address, offset=options.offset,
+                                 length=options.length, physical=options.physical)
+    except OSError as error:
+        raise UsageError(f"{source}: {error.strerror or error}") from None
+    except ValueError as error:  # FormatError included
+        raise UsageError(_one_line(str(error))) from None
+    named = sorted({mapping.source for mapping in memory_map.mappings
+                    if mapping.kind != "bytes" and mapping.source != source})
+    try:
+        check_trusted(named)
+    except UsageError:
+        memory_map.close()
+        raise
+    for name, value in options.controls.items():
+        setattr(memory_map, name, value)
+    return memory_map
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def choose_base(invocation: Invocation, memory_map: Any, layout_default: int) -> tuple[int, str]:
+    """The base to mount with, and why: the option, the map file's ``base``, or the rule
+    of SPEC §4.1."""
+    if invocation.options.base is not None:
+        return invocation.options.base, "the base= option"
+    preferred = getattr(memory_map, "preferred_base", None)
+    if preferred is not None:
+        return preferred, "the map file"
+    return layout_default, "the lowest extent rounded down to a multiple of 2**32"
+
+
+# -------------------------------------------------------------------- the mount point
+
+
+def _mount_entries() -> Iterator[tuple[str, str]]:
+    """``(mount point, filesystem type)`` of every mount this process can see."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split()
+            if " - " not in line or len(fields) < 5:
+                continue
+            after = line.split(" - ", 1)[1].split()
+            yield _unescape(fields[4]), after[0] if after else ""
+
+
+def _unescape(path: str) -> str:
+    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
+    if "\\" not in path:
+        return path
+    return path.encode("latin-1", "surrogateescape").decode("unicode_escape").encode(
+        "latin-1").decode("utf-8", "surrogateescape")
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """The absolute mount point, once it is known to be an existing directory on which
+    no FUSE filesystem is mounted.
+
+    :raises MountError: otherwise, in one line.
+    """
+    try:
+        info = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist") from None
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise MountError(
+                f"mount point {mountpoint}: {error.strerror} (a FUSE daemon died there: "
+                f"fusermount3 -u {mountpoint})") from None
+        raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    absolute = os.path.realpath(mountpoint)
+    for target, filesystem_type in _mount_entries():
+        if target == absolute and filesystem_type.startswith("fuse"):
+            raise MountError(f"{mountpoint} is already mounted ({filesystem_type})")
+    return absolute
+
+
+# -------------------------------------------------------------------- libfuse
+
+
+def _escape_option_value(value: str) -> str:
+    """Escape what libfuse splits options on."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def fuse_options(invocation: Invocation) -> set[str]:
+    """The options handed to libfuse: never one of vmemfs's own (SPEC §5.2)."""
+    options = invocation.options
+    fsname = options.fsname or os.path.abspath(invocation.source)
+    result = {f"fsname={_escape_option_value(fsname)}", f"subtype={SUBTYPE}",
+              "default_permissions"}
+    if options.allow_other:
+        result.add("allow_other")
+    if options.auto_unmount:
+        result.add("auto_unmount")
+    result.update(options.kernel_flags)
+    return result
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Collect what is written to file descriptor 2 (libfuse's, fusermount3's messages)
+    in the block; the list holds the text's lines afterwards."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    capture = os.memfd_create("vmemfs-stderr", os.MFD_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(capture, 2, inheritable=True)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2, inheritable=True)
+            text = os.pread(capture, 65536, 0).decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+        os.close(capture)
+
+
+def mount(operations: Operations, mountpoint: str, options: set[str]) -> None:
+    """Mount (``pyfuse3.init``).
+
+    :raises MountError: with libfuse's or fusermount3's own message where it gave one.
+    """
+    with _stderr_captured() as messages:
+        try:
+            pyfuse3.init(operations, mountpoint, options)
+        except RuntimeError as error:
+            failure: str | None = str(error)
+        else:
+            failure = None
+    if failure is not None:
+        detail = messages[-1] if messages else failure
+        for prefix in ("fuse: ", "fusermount3: "):
+            detail = detail.removeprefix(prefix)
+        raise MountError(f"cannot mount on {mountpoint}: {detail}")
+    for message in messages:
+        log.warning("%s", message)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _serve() -> None:
+    """Run the FUSE loop until unmounted, or until ``SIGTERM``/``SIGINT`` ends it."""
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+        async def stop_on_signal() -> None:
+            async for number in signals:
+                log.info("%s: unmounting", signal.Signals(number).name)
+                pyfuse3.terminate()
+                return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+
+def serve() -> int:
+    """Serve the mounted filesystem until it ends, then unmount; the exit status."""
+    status = EXIT_OK
+    try:
+        trio.run(_serve)
+    except BaseException:
+        log.exception("the FUSE loop failed")
+        status = EXIT_MOUNT_FAILED
+    finally:
+        pyfuse3.close(unmount=True)
+    log.info("unmounted")
+    return status
+
+
+def _configure_logging(*, foreground: bool, debug: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if foreground:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(levelname)s: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter(
+            f"{PROGRAM}[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for number in (0, 1, 2):
+        os.dup2(null, number)
+    if null > 2:
+        os.close(null)
+
+
+# -------------------------------------------------------------------- the lifecycle
+
+
+def _prepare(invocation: Invocation) -> tuple[Operations, str, set[str]]:
+    """Load and check everything before mounting; messages for the user on stderr."""
+    memory_map = open_map(invocation)
+    mountpoint = check_mountpoint(invocation.mountpoint)
+    layout = Layout(memory_map, holes=invocation.options.holes)
+    base, reason = choose_base(invocation, memory_map, layout.default_base)
+    layout.set_base(base)
+    if not layout.extent_count:
+        _say(f"{invocation.source} maps nothing: the mount is empty")
+    elif base and invocation.options.base is None:
+        _say(f"base {base:#018x} ({reason}): mem offset 0 is address {base:#x}")
+    operations = Operations(layout, uid=os.getuid(), gid=os.getgid())
+    return operations, mountpoint, fuse_options(invocation)
+
+
+def _say(message: str) -> None:
+    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
+
+
+def _run_foreground(invocation: Invocation, operations: Operations, mountpoint: str,
+                    fuse_opts: set[str]) -> int:
+    _configure_logging(foreground=True, debug=invocation.options.debug)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    mount(operations, mountpoint, fuse_opts)
+    if invocation.verbose:
+        _say(f"mounted {invocation.source} on {mountpoint} (pid {os.getpid()})")
+    return serve()
+
+
+def _run_detached(invocation: Invocation, operations: Operations, mountpoint: str,
+                  fuse_opts: set[str]) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        os._exit(_child(invocation, operations, mountpoint, fuse_opts, writer))
+    os.close(writer)
+    chunks = []
+    while chunk := os.read(reader, 4096):
+        chunks.append(chunk)
+    os.close(reader)
+    report = b"".join(chunks).decode("utf-8", "replace")
+    if report == "ok":
+        if invocation.verbose:
+            _say(f"mounted {invocation.source} on {mountpoint} (pid {child})")
+        return EXIT_OK
+    os.waitpid(child, 0)
+    raise MountError(report or "the mount process ended before mounting")
+
+
+def _child(invocation: Invocation, operations: Operations, mountpoint: str,
+           fuse_opts: set[str], report: int) -> int:
+    """The daemon: mount, report to the parent, detach, serve.  Returns the exit status."""
+    try:
+        os.setsid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        mount(operations, mountpoint, fuse_opts)
+    except MountError as error:
+        os.write(report, str(error).encode("utf-8", "replace"))
+        return EXIT_MOUNT_FAILED
+    except BaseException as error:
+        os.write(report, f"{type(error).__name__}: {_one_line(str(error))}".encode())
+        return EXIT_MOUNT_FAILED
+    os.chdir("/")
+    _detach_stdio()
+    _configure_logging(foreground=False, debug=invocation.options.debug)
+    os.write(report, b"ok")
+    os.close(report)
+    return serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mount.vmemfs`` (and ``mount.fuse.vmemfs``) command; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(argument in ("-h", "--help") for argument in arguments):
+        print(USAGE, end="")
+        return EXIT_OK
+    try:
+        invocation = parse_command_line(arguments)
+        for warning in invocation.warnings:
+            _say(f"warning: {warning}")
+        operations, mountpoint, fuse_opts = _prepare(invocation)
+        if invocation.options.foreground:
+            return _run_foreground(invocation, operations, mountpoint, fuse_opts)
+        return _run_detached(invocation, operations, mountpoint, fuse_opts)
+    except UsageError as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
+    except MountError as error:
+        _say(f"error: {error}")
+        return EXIT_MOUNT_FAILED
