@@ -88,7 +88,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     [(4096, 12288)]
     """
 
-    __slots__ = ("_deltas", "_extents", "_lasts", "_sources", "_starts", "_top")
+    __slots__ = ("_deltas", "_extents", "_lasts", "_sources", "_starts", "_top", "_views")
 
     def __init__(self) -> None:
         self._starts: np.ndarray = _empty(np.uint64)
@@ -97,6 +97,10 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         self._deltas: np.ndarray = _empty(np.uint64)
         # start -> (last, source, delta), all Python ints; newer than the arrays.
         self._top = _TopLayer()
+        # memoryviews of the base arrays: indexing one gives a Python int, 3x faster
+        # than converting a numpy scalar.
+        self._views: tuple[memoryview, ...] = ()
+        self._set_base(self._starts, self._lasts, self._sources, self._deltas)
         self._extents: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ inserts
@@ -187,7 +191,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         """Lay sorted, disjoint pieces ``ts..tl`` over the base layer (they win)."""
         ms, ml = self._starts, self._lasts
         if len(ms) == 0:
-            self._starts, self._lasts, self._sources, self._deltas = ts, tl, tsrc, td
+            self._set_base(ts, tl, tsrc, td)
             return
         # Base pieces overlapping top piece k are [first[k], stop[k]).
         first = np.searchsorted(ml, ts, side="left")
@@ -237,10 +241,17 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         size = len(kept_s) + len(new_s)
         slot_is_kept = np.ones(size, dtype=bool)
         slot_is_kept[pos] = False
-        self._starts = _interleave(kept_s, new_s, pos, slot_is_kept, size)
-        self._lasts = _interleave(ml[keep], new_l, pos, slot_is_kept, size)
-        self._sources = _interleave(self._sources[keep], new_src, pos, slot_is_kept, size)
-        self._deltas = _interleave(self._deltas[keep], new_d, pos, slot_is_kept, size)
+        self._set_base(
+            _interleave(kept_s, new_s, pos, slot_is_kept, size),
+            _interleave(ml[keep], new_l, pos, slot_is_kept, size),
+            _interleave(self._sources[keep], new_src, pos, slot_is_kept, size),
+            _interleave(self._deltas[keep], new_d, pos, slot_is_kept, size),
+        )
+
+    def _set_base(self, starts: np.ndarray, lasts: np.ndarray, sources: np.ndarray,
+                  deltas: np.ndarray) -> None:
+        self._starts, self._lasts, self._sources, self._deltas = starts, lasts, sources, deltas
+        self._views = tuple(memoryview(a) for a in (starts, lasts, sources, deltas))
 
     # ------------------------------------------------------------------ lookups
 
@@ -262,12 +273,12 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         j = int(starts.searchsorted(np.uint64(address), side="right")) - 1
         if j < 0:
             return None
-        last = int(self._lasts[j])
+        start_view, last_view, source_view, delta_view = self._views
+        last = last_view[j]
         if last < address:
             return None
-        start = int(starts[j])
-        base = Piece(start, last + 1, int(self._sources[j]),
-                     (start + int(self._deltas[j])) & MASK64)
+        start = start_view[j]
+        base = Piece(start, last + 1, source_view[j], (start + delta_view[j]) & MASK64)
         if top.values:
             return self._clip_by_top(base, address)
         return base
@@ -342,17 +353,31 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
 
     def _base_slice(self, start: int, last: int) -> list[Piece]:
         starts = self._starts
-        if len(starts) == 0:
+        count = len(starts)
+        if count == 0:
             return []
-        lasts = self._lasts
+        start_view, last_view, source_view, delta_view = self._views
         j0 = int(starts.searchsorted(np.uint64(start), side="right")) - 1
-        if j0 < 0 or int(lasts[j0]) < start:
+        if j0 < 0 or last_view[j0] < start:
             j0 += 1
+        # Few pieces (the usual read): walk them; many: slice the arrays at once.
+        found: list[Piece] = []
+        j = j0
+        while j < count and j < j0 + 16:
+            s = start_view[j]
+            if s > last:
+                return found
+            s = max(s, start)
+            piece_last = min(last_view[j], last)
+            found.append(Piece(s, piece_last + 1, source_view[j], (s + delta_view[j]) & MASK64))
+            j += 1
+        if j == count:
+            return found
         j1 = int(starts.searchsorted(np.uint64(last), side="right"))
         if j1 <= j0:
             return []
         s_list = starts[j0:j1].tolist()
-        l_list = lasts[j0:j1].tolist()
+        l_list = self._lasts[j0:j1].tolist()
         src_list = self._sources[j0:j1].tolist()
         d_list = self._deltas[j0:j1].tolist()
         s_list[0] = max(s_list[0], start)
