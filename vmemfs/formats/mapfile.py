@@ -1,0 +1,392 @@
+"""Map files: a TOML description of a memory map (SPEC §3.3).
+
+A map file lists mappings in order, later ones winning where they overlap::
+
+    wordsize = 64                      # optional: 32 | 64 | "unset"
+    endian = "little"                  # optional: little | big | le | be | "unset"
+    base = "0xffffffff80000000"        # optional: where a mount's ``mem`` starts
+
+    [[map]]
+    file = "ram.bin"                   # raw bytes of a file (path relative to this file)
+    address = "0xffffffff81000000"
+    offset = 0x1000                    # optional, default 0
+    length = "65_536"                  # optional, default: to the end of the file
+
+    [[map]]
+    elf = "vmcore"                     # every PT_LOAD of an ELF
+    physical = true                    # optional: place loads at p_paddr
+
+    [[map]]
+    hex = "de ad be ef"                # inline bytes
+    address = 0x1000
+
+    [[map]]
+    text = "hello"                     # inline UTF-8 text (no NUL added)
+    address = 0x2000
+
+Integers are TOML integers or strings (``"0xffffffff81000000"``, ``"0o17"``,
+``"0b101"``, ``"4096"``; underscores allowed), because TOML integers stop at
+``2**63 - 1``.  Every error is a :class:`~vmemfs.errors.FormatError` whose one-line
+message names the map file, the table (``map[2]``, counting from 0) and the key.
+
+The top-level ``wordsize`` and ``endian`` are applied after every ``[[map]]`` table, so
+they take precedence over what an ELF header says.  ``base`` is a mount preference,
+not part of the map: it is returned as the attribute ``preferred_base`` of the map.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vmemfs.errors import FormatError
+from vmemfs.index import ADDRESS_LIMIT
+
+if TYPE_CHECKING:
+    from vmemfs.memmap import MemoryMap
+
+MAX_MAPFILE_SIZE = 16 << 20
+"""A map file is read whole; anything larger is not taken for one."""
+
+_INT_PATTERN = re.compile(
+    r"(?:0[xX](?P<hex>[0-9a-fA-F](?:_?[0-9a-fA-F])*)"
+    r"|0[oO](?P<oct>[0-7](?:_?[0-7])*)"
+    r"|0[bB](?P<bin>[01](?:_?[01])*)"
+    r"|(?P<dec>[0-9](?:_?[0-9])*))"
+)
+_MAP_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*map[ \t]*\]\]", re.MULTILINE)
+
+_KINDS = ("file", "elf", "hex", "text")
+_KEYS = {
+    "file": ("address", "offset", "length"),
+    "elf": ("physical",),
+    "hex": ("address",),
+    "text": ("address",),
+}
+_TOP_KEYS = ("wordsize", "endian", "base", "map")
+_ENDIANS = {"little": "little", "le": "little", "big": "big", "be": "big", "unset": None}
+_WORDSIZES: dict[object, int | None] = {32: 32, 64: 64, "32": 32, "64": 64, "unset": None}
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """``repr`` of a value from the file, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_int(value: object) -> int:
+    """Return the non-negative integer a map-file value stands for.
+
+    Accepts a TOML integer or a string in decimal, ``0x`` hex, ``0o`` octal or ``0b``
+    binary, with single underscores between digits and spaces around it.
+
+    >>> parse_int("0xffff_ffff_8100_0000")
+    18446744071578845184
+    >>> parse_int(4096)
+    4096
+
+    :raises ValueError: for anything else (booleans, floats, negative numbers, junk);
+        the message is ``not an integer: <value>``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"negative: {value}")
+        return value
+    if isinstance(value, str):
+        match = _INT_PATTERN.fullmatch(value.strip())
+        if match:
+            for group, base in (("hex", 16), ("oct", 8), ("bin", 2), ("dec", 10)):
+                digits = match.group(group)
+                if digits is not None:
+                    return int(digits.replace("_", ""), base)
+    raise ValueError(f"not an integer: {_show(value)}")
+
+
+def parse_address(value: object) -> int:
+    """Return ``value`` as an address in ``[0, 2**64)`` (see :func:`parse_int`).
+
+    :raises ValueError: ``not an address: <value>``.
+    """
+    try:
+        address = parse_int(value)
+    except ValueError:
+        raise ValueError(f"not an address: {_show(value)}") from None
+    if address >= ADDRESS_LIMIT:
+        raise ValueError(f"not an address (2**64 or more): {_show(value)}")
+    return address
+
+
+def looks_like_mapfile(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) may be a map file worth parsing.
+
+    Cheap: no NUL byte and valid UTF-8 (a character cut at the end is allowed).
+    """
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # A multi-byte character cut by the end of the sample is fine.
+        return error.start >= len(head) - 3 and error.reason == "unexpected end of data"
+    return True
+
+
+def parse_mapfile_text(text: str, name: str) -> dict[str, Any] | None:
+    """Parse a candidate map file's text; ``None`` when it is not a map file.
+
+    A document is a map file when it is TOML with at least one ``[[map]]`` table.  Text
+    that is not valid TOML but has a ``[[map]]`` header line is taken as a broken map
+    file rather than as raw data: that is a :class:`FormatError`.
+
+    :raises FormatError: ``NAME: not valid TOML: ...`` for such text.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        if _MAP_HEADER.search(text):
+            raise FormatError(f"{name}: not valid TOML: {error}") from None
+        return None
+    tables = document.get("map")
+    if not isinstance(tables, list) or not tables:
+        return None
+    if not all(isinstance(table, dict) for table in tables):
+        if _MAP_HEADER.search(text):
+            raise FormatError(f"{name}: map: must be an array of tables ([[map]])")
+        return None
+    return document
+
+
+def read_mapfile(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Read and parse ``path`` if it is a map file, else return ``None``.
+
+    :raises FormatError: for a broken map file (see :func:`parse_mapfile_text`).
+    :raises OSError: if the file cannot be read.
+    """
+    name = os.fsdecode(path)
+    with open(path, "rb") as stream:
+        raw = stream.read(MAX_MAPFILE_SIZE + 1)
+    if len(raw) > MAX_MAPFILE_SIZE or not looks_like_mapfile(raw):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return parse_mapfile_text(text, name)
+
+
+def load_mapfile(path: str | os.PathLike[str]) -> MemoryMap:
+    """Build a new :class:`~vmemfs.memmap.MemoryMap` from the map file at ``path``.
+
+    Mappings are added in table order (later tables win where they overlap); then the
+    top-level ``wordsize`` and ``endian`` are applied.  The returned map carries the
+    attribute ``preferred_base`` (the top-level ``base``, or ``None``).
+
+    Cost: reads the map file whole; data files are opened and held, never read, except
+    for ELF headers.
+
+    :raises FormatError: one line ``FILE: map[i].KEY: what is wrong`` for an unknown
+        key, a missing or unreadable file, a bad value, a file that is not a TOML map
+        file, or a broken ELF named in it.  Nothing is returned half-built.
+    :raises OSError: if the map file itself cannot be read.
+    """
+    name = os.fsdecode(path)
+    document = read_mapfile(path)
+    if document is None:
+        raise FormatError(f"{name}: not a map file (a TOML document with [[map]] tables)")
+    return build_map(document, name, os.path.dirname(os.path.abspath(path)), _identity(path))
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def build_map(
+    document: dict[str, Any],
+    name: str,
+    folder: str,
+    identity: tuple[int, int] | None = None,
+) -> MemoryMap:
+    """Build a map from a parsed map-file ``document`` (see :func:`load_mapfile`).
+
+    ``name`` is used in messages, ``folder`` resolves relative paths, ``identity``
+    (``(st_dev, st_ino)`` of the map file) lets a table that names the map file itself
+    be refused.
+    """
+    from vmemfs.formats.elf import add_elf
+    from vmemfs.memmap import MemoryMap
+
+    for key in document:
+        if key not in _TOP_KEYS:
+            raise FormatError(
+                f"{name}: {key}: unknown key (top-level keys: {', '.join(_TOP_KEYS)})"
+            )
+    wordsize = _top_value(document, "wordsize", name, _parse_wordsize)
+    endian = _top_value(document, "endian", name, _parse_endian)
+    base = _top_value(document, "base", name, parse_address)
+
+    tables = document.get("map")
+    if not isinstance(tables, list) or not tables:
+        raise FormatError(f"{name}: map: no [[map]] tables")
+    memmap = MemoryMap()
+    for index, table in enumerate(tables):
+        where = f"{name}: map[{index}]"
+        if not isinstance(table, dict):
+            raise FormatError(f"{where}: not a table")
+        _add_table(memmap, table, where, folder, identity, add_elf)
+    if "wordsize" in document:
+        memmap.wordsize = wordsize
+    if "endian" in document:
+        memmap.endian = endian
+    setattr(memmap, "preferred_base", base)  # noqa: B010 - not a declared attribute
+    return memmap
+
+
+def _top_value(
+    document: dict[str, Any], key: str, name: str, parse: Callable[[object], Any]
+) -> Any:
+    if key not in document:
+        return None
+    try:
+        return parse(document[key])
+    except ValueError as error:
+        raise FormatError(f"{name}: {key}: {error}") from None
+
+
+def _parse_wordsize(value: object) -> int | None:
+    if isinstance(value, bool) or value not in _WORDSIZES:
+        raise ValueError(f"not a word size (32, 64 or 'unset'): {_show(value)}")
+    return _WORDSIZES[value]
+
+
+def _parse_endian(value: object) -> str | None:
+    if not isinstance(value, str) or value.strip().lower() not in _ENDIANS:
+        raise ValueError(f"not a byte order (little, big, le, be or 'unset'): {_show(value)}")
+    return _ENDIANS[value.strip().lower()]
+
+
+def _add_table(
+    memmap: MemoryMap,
+    table: dict[str, Any],
+    where: str,
+    folder: str,
+    identity: tuple[int, int] | None,
+    add_elf: Callable[..., None],
+) -> None:
+    kinds = [kind for kind in _KINDS if kind in table]
+    if not kinds:
+        raise FormatError(f"{where}: needs one of the keys {', '.join(_KINDS)}")
+    if len(kinds) > 1:
+        raise FormatError(f"{where}: has both {kinds[0]} and {kinds[1]}; give exactly one")
+    kind = kinds[0]
+    allowed = _KEYS[kind]
+    for key in table:
+        if key != kind and key not in allowed:
+            takers = [k for k in _KINDS if key in _KEYS[k]]
+            if takers:
+                raise FormatError(
+                    f"{where}.{key}: not allowed with {kind} (only with {', '.join(takers)})"
+                )
+            raise FormatError(
+                f"{where}.{key}: unknown key ({kind} tables take: {', '.join(allowed)})"
+            )
+
+    def value(key: str, parse: Callable[[object], Any], default: Any = None) -> Any:
+        if key not in table:
+            if default is _REQUIRED:
+                raise FormatError(f"{where}.{key}: missing (a {kind} table needs it)")
+            return default
+        try:
+            return parse(table[key])
+        except ValueError as error:
+            raise FormatError(f"{where}.{key}: {error}") from None
+
+    if kind == "file":
+        path = _data_path(table["file"], f"{where}.file", folder, identity)
+        address = value("address", parse_address, _REQUIRED)
+        offset = value("offset", parse_int, 0)
+        length = value("length", parse_int, None)
+        try:
+            memmap.add_file(path, address, offset=offset, length=length)
+        except OSError as error:
+            raise FormatError(f"{where}.file: {path}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise FormatError(f"{where}.file: {_one_line(error)}") from None
+    elif kind == "elf":
+        path = _data_path(table["elf"], f"{where}.elf", folder, identity)
+        physical = value("physical", _parse_bool, False)
+        try:
+            add_elf(memmap, path, physical=physical)
+        except OSError as error:
+            raise FormatError(f"{where}.elf: {path}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise FormatError(f"{where}.elf: {_one_line(error)}") from None
+    else:
+        data = value(kind, _parse_hex if kind == "hex" else _parse_text)
+        address = value("address", parse_address, _REQUIRED)
+        try:
+            memmap.add_bytes(data, address)
+        except ValueError as error:
+            raise FormatError(f"{where}.{kind}: {_one_line(error)}") from None
+
+
+_REQUIRED = object()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"not true or false: {_show(value)}")
+    return value
+
+
+def _parse_hex(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"not a string of hex digits: {_show(value)}")
+    digits = "".join(value.split())
+    if len(digits) % 2 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+        raise ValueError(f"not hexadecimal bytes: {_show(value)}")
+    return bytes.fromhex(digits)
+
+
+def _parse_text(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {_show(value)}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"not encodable as UTF-8: {_show(value)}") from None
+
+
+def _data_path(
+    value: object, where: str, folder: str, identity: tuple[int, int] | None
+) -> str:
+    """Resolve a ``file``/``elf`` value and check it names something mappable."""
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"{where}: not a path: {_show(value)}")
+    if "\0" in value:
+        raise FormatError(f"{where}: not a path (contains NUL): {_show(value)}")
+    path = value if os.path.isabs(value) else os.path.join(folder, value)
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise FormatError(f"{where}: {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise FormatError(f"{where}: {path}: is a directory")
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+        raise FormatError(f"{where}: {path}: not a regular file or block device")
+    if identity is not None and (info.st_dev, info.st_ino) == identity:
+        raise FormatError(f"{where}: {path}: names the map file itself")
+    return path
