@@ -248,7 +248,7 @@ def test_load_and_add_elf_methods(tmp_path: Path) -> None:
 
 
 def vmemfs_note(desc: bytes, order: str = "<") -> bytes:
-    return note(b"VMEMFS", 1, desc, order)
+    return note(b"VMEMFS", 0x766D6673, desc, order)
 
 
 @pytest.mark.parametrize(("desc", "settings"), [
@@ -283,7 +283,7 @@ def test_vmemfs_note_only_in_first_note_segment(tmp_path: Path) -> None:
 
 
 def test_broken_note_is_ignored(tmp_path: Path) -> None:
-    broken = struct.pack("<III", 7, 0xFFFFFF, 1) + b"VMEMFS\0\0"
+    broken = struct.pack("<III", 7, 0xFFFFFF, 0x766D6673) + b"VMEMFS\0\0"
     path = put(tmp_path, build_elf([Segment(0, broken, type=PT_NOTE), Segment(0, b"x")],
                                    elfclass=32))
     assert load_elf(path).wordsize == 32

@@ -45,8 +45,12 @@ SHN_UNDEF = 0
 
 NOTE_NAME = b"VMEMFS"
 """Owner name of vmemfs's own note."""
-NT_VMEMFS_SETTINGS = 1
-"""Type of the note recording word size and byte order (text ``key=value`` lines)."""
+NT_VMEMFS_SETTINGS = 0x766D6673
+"""Type of the note recording word size and byte order (text ``key=value`` lines).
+
+ASCII ``vmfs``: a number no core-file reader gives a meaning to (type 1 would be taken
+for ``NT_PRSTATUS`` by readers that ignore the owner name).
+"""
 MAX_NOTE_SCAN = 1 << 20
 """Only a first ``PT_NOTE`` at most this large is searched for the VMEMFS note."""
 
