@@ -58,6 +58,8 @@ _INT_PATTERN = re.compile(
     r"|0[bB](?P<bin>[01](?:_?[01])*)"
     r"|(?P<dec>[0-9](?:_?[0-9])*))"
 )
+_MAX_DIGITS = 200
+"""Longer digit strings are refused before ``int()`` sees them (no 2**64 needs more)."""
 _MAP_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*map[ \t]*\]\]", re.MULTILINE)
 
 _KINDS = ("file", "elf", "hex", "text")
@@ -101,7 +103,7 @@ def parse_int(value: object) -> int:
         if match:
             for group, base in (("hex", 16), ("oct", 8), ("bin", 2), ("dec", 10)):
                 digits = match.group(group)
-                if digits is not None:
+                if digits is not None and len(digits) <= _MAX_DIGITS:
                     return int(digits.replace("_", ""), base)
     raise ValueError(f"not an integer: {_show(value)}")
 
