@@ -17,6 +17,8 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,3 +252,51 @@ def test_elf32_physical_equals_virtual_for_an_executable(tmp_path: Path) -> None
         pytest.skip(str(missing))
     virtual, physical = open_source(elf), open_source(elf, physical=True)
     assert physical.extents() == virtual.extents()
+
+
+# ------------------------------------------------------------------ through the kernel
+
+
+@pytest.mark.mount
+def test_mount_gcore_core(dumped: Dumped, tmp_path: Path) -> None:
+    """``mount.vmemfs CORE DIR -f``: ``mem`` and ``extents/`` show the core's bytes."""
+    helper = Path(sys.executable).parent / "mount.vmemfs"
+    if not helper.exists() or not os.path.exists("/dev/fuse"):
+        pytest.skip("mount.vmemfs or /dev/fuse is missing")
+    m = open_source(dumped.core)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = subprocess.Popen([str(helper), str(dumped.core), str(mountpoint), "-f"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            assert time.monotonic() < deadline, "mount.vmemfs did not mount within 60 s"
+            try:
+                process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            assert process.stderr is not None
+            pytest.fail(f"mount.vmemfs ended: {process.stderr.read().decode()}")
+        with open(mountpoint / "mem", "rb", buffering=0) as mem:
+            assert os.pread(mem.fileno(), len(MARKER), dumped.marker) == MARKER
+        names = sorted(os.listdir(mountpoint / "extents"))
+        assert names == [f"{s:016x}-{e:016x}" for s, e in m.extents()]
+        for name, (start, end) in zip(names, m.extents(), strict=True):
+            if end - start > 1 << 22:
+                continue
+            data = (mountpoint / "extents" / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == digest_of_map(m, start, end - start)
+    finally:
+        for command in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"]):
+            if not os.path.ismount(mountpoint):
+                break
+            subprocess.run([*command, str(mountpoint)], capture_output=True)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert not os.path.ismount(mountpoint)
