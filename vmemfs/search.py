@@ -48,7 +48,7 @@ def iter_matches(
         return
     if start is None:
         start = extents[0][0]
-    buffer = bytearray(min(CHUNK, max(width, _largest_extent(extents, start))))
+    buffer = bytearray(min(max(CHUNK, 2 * width), max(width, _largest_extent(extents, start))))
     view = memoryview(buffer)
     find = buffer.find
     scanned = 0
