@@ -267,6 +267,9 @@ def test_vmemfs_note(tmp_path: Path, desc: bytes, settings: tuple[object, object
     if settings == (None, None):
         add_elf(m, path)        # "unset" in the note changes nothing and conflicts with nothing
         assert (m.wordsize, m.endian) == (64, "little")
+    elif settings == (32, "big"):
+        with pytest.raises(FormatError, match="saved with wordsize 32, but the map's wordsize"):
+            add_elf(m, path)
 
 
 def test_vmemfs_note_with_a_bad_value(tmp_path: Path) -> None:

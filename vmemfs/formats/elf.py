@@ -379,16 +379,16 @@ def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool =
     """
     name = os.fsdecode(path)
     layout = read_layout(path, physical=physical)
+    saved = layout.settings_note
     if layout.wordsize is not None and memmap.wordsize not in (None, layout.wordsize):
-        raise FormatError(
-            f"{name}: ELF{layout.wordsize} file, but the map's wordsize is already "
-            f"{memmap.wordsize}"
-        )
+        what = (f"saved with wordsize {layout.wordsize}" if saved
+                else f"ELF{layout.wordsize} file")
+        raise FormatError(f"{name}: {what}, but the map's wordsize is already "
+                          f"{memmap.wordsize}")
     if layout.endian is not None and memmap.endian not in (None, layout.endian):
-        raise FormatError(
-            f"{name}: {layout.endian}-endian ELF file, but the map's endian is already "
-            f"{memmap.endian}"
-        )
+        what = (f"saved with endian {layout.endian}" if saved
+                else f"{layout.endian}-endian ELF file")
+        raise FormatError(f"{name}: {what}, but the map's endian is already {memmap.endian}")
     if len(layout.addresses):
         regions = zip(layout.addresses.tolist(), layout.offsets.tolist(),
                       layout.lengths.tolist(), strict=True)

@@ -54,7 +54,7 @@ from vmemfs.formats.elf import (
     phdr_dtype,
     settings_desc,
 )
-from vmemfs.sources import FileSource
+from vmemfs.sources import FileSource, Source
 
 if TYPE_CHECKING:
     from vmemfs.memmap import MemoryMap
@@ -279,10 +279,11 @@ class _Copier:
         if done < length:
             self.copy_buffered(source, offset + done, length - done, address + done, out + done)
 
-    def copy_buffered(self, source: object, offset: int, length: int, address: int,
+    def copy_buffered(self, source: Source, offset: int, length: int, address: int,
                       out: int) -> None:
+        """Copy through the reused buffer (bytes in memory, or no ``copy_file_range``)."""
         buffer = self.buffer
-        read_into = source.read_into  # type: ignore[attr-defined]
+        read_into = source.read_into
         done = 0
         while done < length:
             want = min(length - done, len(buffer))
