@@ -354,3 +354,13 @@ def test_open_directory_and_fifo(tmp_path: Path) -> None:
         open_source(tmp_path / "pipe")
     with pytest.raises(FileNotFoundError):
         open_source(tmp_path / "missing")
+
+
+def test_failed_map_file_closes_what_it_opened(tmp_path: Path, data_file: Path) -> None:
+    path = write(tmp_path / "m.toml", f'[[map]]\nfile = "{data_file.name}"\naddress = 0\n'
+                                      '[[map]]\ntext = "a"\naddress = "zz"\n')
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(FormatError, match=r"map\[1\]\.address"):
+            load_mapfile(path)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -240,11 +240,15 @@ def build_map(
     if not isinstance(tables, list) or not tables:
         raise FormatError(f"{name}: map: no [[map]] tables")
     memmap = MemoryMap()
-    for index, table in enumerate(tables):
-        where = f"{name}: map[{index}]"
-        if not isinstance(table, dict):
-            raise FormatError(f"{where}: not a table")
-        _add_table(memmap, table, where, folder, identity, add_elf)
+    try:
+        for index, table in enumerate(tables):
+            where = f"{name}: map[{index}]"
+            if not isinstance(table, dict):
+                raise FormatError(f"{where}: not a table")
+            _add_table(memmap, table, where, folder, identity, add_elf)
+    except BaseException:
+        memmap.close()      # the files opened for the tables before the bad one
+        raise
     if "wordsize" in document:
         memmap.wordsize = wordsize
     if "endian" in document:
