@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmemfs import HoleError, MemoryMap
+from vmemfs.formats import save as save_module
 from vmemfs.formats.elf import load_elf, read_layout
 from vmemfs.formats.save import build_headers, save
 
@@ -169,6 +170,22 @@ def test_buffered_copy_when_copy_file_range_is_refused(
     m = random_map(tmp_path, seed=7)
     save(m, tmp_path / "out.core")
     assert snapshot(load_elf(tmp_path / "out.core")) == snapshot(m)
+
+
+@pytest.mark.parametrize("copy_range", [True, False])
+def test_small_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      copy_range: bool) -> None:
+    """Chunk boundaries inside pieces: many copy calls per piece, and per buffer."""
+    monkeypatch.setattr(save_module, "COPY_RANGE_CHUNK", 1000)
+    monkeypatch.setattr(save_module, "CHUNK_SIZE", 777)
+    if not copy_range:
+        monkeypatch.delattr(os, "copy_file_range")
+    m = random_map(tmp_path, seed=11)
+    m.add_bytes(os.urandom(5000), 0x5_0000)
+    calls: list[int] = []
+    save(m, tmp_path / "out.core", progress=lambda done, total: calls.append(done))
+    assert snapshot(load_elf(tmp_path / "out.core")) == snapshot(m)
+    assert len(calls) >= m.mapped_bytes() // 1000
 
 
 def test_save_over_a_backing_file(tmp_path: Path) -> None:
