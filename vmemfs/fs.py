@@ -160,13 +160,13 @@ class Operations(pyfuse3.Operations):
         if layout.control_name(inode) is not None:
             if writing and ctx.uid != self.uid:
                 raise _refuse()
-            return pyfuse3.FileInfo(fh=inode, direct_io=True)
+            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
         layout.attributes(inode)  # NotFound for an inode the tree does not have
         if writing:
             raise _refuse()
         if inode == tree.MEM:
-            return pyfuse3.FileInfo(fh=inode, direct_io=True)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=inode, direct_io=False, keep_cache=True)
 
     @_translated
     def read(self, fh: int, off: int, size: int) -> Any:

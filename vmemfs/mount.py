@@ -442,7 +442,7 @@ async def _serve() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal)
-            await pyfuse3.main()
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
 
