@@ -29,7 +29,7 @@ in ``np.uint64`` first; values coming out are converted with ``int()`` or ``toli
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import NamedTuple
@@ -532,24 +532,12 @@ class _TopLayer:
     def keys(self) -> Iterator[int]:
         return chain.from_iterable(self.blocks)
 
-    def _add_key(self, key: int) -> None:
-        firsts, blocks = self.firsts, self.blocks
-        bi = bisect_right(firsts, key) - 1
-        if bi < 0:
-            if not blocks:
-                blocks.append([key])
-                firsts.append(key)
-                return
-            bi = 0
-            blocks[0].insert(0, key)
-            firsts[0] = key
-        else:
-            insort(blocks[bi], key)
-        block = blocks[bi]
-        if len(block) > 2 * _BLOCK:
-            blocks.insert(bi + 1, block[_BLOCK:])
-            firsts.insert(bi + 1, block[_BLOCK])
-            del block[_BLOCK:]
+    def _split(self, bi: int) -> None:
+        """Split block ``bi`` in two halves once it has grown past ``2 * _BLOCK``."""
+        block = self.blocks[bi]
+        self.blocks.insert(bi + 1, block[_BLOCK:])
+        self.firsts.insert(bi + 1, block[_BLOCK])
+        del block[_BLOCK:]
 
     def predecessor(self, address: int) -> int | None:
         """The greatest start ``<= address``, or ``None``."""
@@ -586,50 +574,76 @@ class _TopLayer:
         return found
 
     def override(self, start: int, last: int, source: int, delta: int) -> None:
-        """Lay ``[start, last]`` over the pieces here: trim, split or drop what it covers."""
+        """Lay ``[start, last]`` over the pieces here: trim, split or drop what it covers.
+
+        The hot path of every insert: one search of the block index, one in a block, and
+        list slicing, all in C.
+        """
         values = self.values
-        before = self.predecessor(start - 1) if start else None
+        firsts, blocks = self.firsts, self.blocks
+        if not blocks:
+            blocks.append([start])
+            firsts.append(start)
+            values[start] = (last, source, delta)
+            return
+        bi = bisect_right(firsts, start) - 1
+        before: int | None = None
+        if bi < 0:
+            bi, i = 0, 0
+            block = blocks[0]
+        else:
+            block = blocks[bi]
+            i = bisect_left(block, start)
+            if i:
+                before = block[i - 1]
+            elif bi:  # block[0] == start: the piece before ends the previous block
+                before = blocks[bi - 1][-1]
         if before is not None:
             before_last, before_source, before_delta = values[before]
             if before_last >= start:
                 values[before] = (start - 1, before_source, before_delta)
                 if before_last > last:
-                    # Strictly inside an older piece: split it, nothing else is covered.
-                    values[last + 1] = (before_last, before_source, before_delta)
-                    self._add_key(last + 1)
+                    # Strictly inside an older piece: split it; nothing else is covered,
+                    # and the older piece's key is block[i - 1].
                     values[start] = (last, source, delta)
-                    self._add_key(start)
+                    values[last + 1] = (before_last, before_source, before_delta)
+                    block[i:i] = (start, last + 1)
+                    if len(block) > 2 * _BLOCK:
+                        self._split(bi)
                     return
-        # Drop every piece that starts inside [start, last]; keep the tail of the last one.
-        firsts, blocks = self.firsts, self.blocks
-        bi = max(bisect_right(firsts, start) - 1, 0)
+        # Drop every piece that starts inside [start, last]; keep the last one's tail.
         tail: tuple[int, int, int] | None = None
-        while bi < len(blocks):
-            block = blocks[bi]
-            i = bisect_left(block, start)
-            j = bisect_right(block, last)
-            if j > i:
-                for key in block[i:j]:
-                    tail = values.pop(key)
-                stopped = j < len(block)
-                del block[i:j]
-                if not block:
-                    del blocks[bi]
-                    del firsts[bi]
-                else:
-                    firsts[bi] = block[0]
-                    bi += 1
-                if stopped:
+        j = bisect_right(block, last, i)
+        reached_end = j == len(block)
+        if j > i:
+            for key in block[i:j]:
+                tail = values.pop(key)
+            del block[i:j]
+        if reached_end:
+            # The covered starts may go on in the following blocks.
+            following = bi + 1
+            while following < len(blocks):
+                later = blocks[following]
+                k = bisect_right(later, last)
+                if k == 0:
                     break
-            elif j < len(block):
-                break
-            else:
-                bi += 1
+                for key in later[:k]:
+                    tail = values.pop(key)
+                if k < len(later):
+                    del later[:k]
+                    firsts[following] = later[0]
+                    break
+                del blocks[following]
+                del firsts[following]
+        values[start] = (last, source, delta)
         if tail is not None and tail[0] > last:
             values[last + 1] = tail
-            self._add_key(last + 1)
-        values[start] = (last, source, delta)
-        self._add_key(start)
+            block[i:i] = (start, last + 1)
+        else:
+            block.insert(i, start)
+        firsts[bi] = block[0]
+        if len(block) > 2 * _BLOCK:
+            self._split(bi)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The pieces as ``(starts, lasts, sources, deltas)`` arrays."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -220,14 +220,17 @@ class MemoryMap:
 
         return load_elf(path)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str],
+             progress: Callable[[int, int], None] | None = None) -> None:
         """Write the map as an ELF core file (one ``PT_LOAD`` per extent), atomically.
+
+        ``progress``, if given, is called with ``(bytes done, bytes in all)``.
 
         :raises OSError: if the file cannot be written; nothing is left at ``path`` then.
         """
         from vmemfs.formats.save import save
 
-        save(self, path)
+        save(self, path, progress=progress)
 
     def close(self) -> None:
         """Close every backing file.  The map must not be read afterwards."""

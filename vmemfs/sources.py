@@ -19,6 +19,7 @@ import io
 import mmap
 import os
 import stat
+import weakref
 from abc import ABC, abstractmethod
 from typing import BinaryIO
 
@@ -100,6 +101,8 @@ class FileSource(Source):
         self._map: mmap.mmap | None = None
         self._map_view: memoryview | None = None
         self._map_tried = False
+        # A map dropped without close() must not leak its descriptors.
+        self._closer = weakref.finalize(self, _close_quietly, fd)
 
     def size(self) -> int:
         if self._regular:
@@ -148,10 +151,14 @@ class FileSource(Source):
     def close(self) -> None:
         self._map_view = None
         self._map = None
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        self._closer()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def open_file_source(spec: SourceSpec) -> Source:
