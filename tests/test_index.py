@@ -247,3 +247,23 @@ def test_sources_in_use_and_arrays_are_read_only() -> None:
     assert starts.tolist() == [0, 20] and lasts.tolist() == [9, 29]
     with pytest.raises(ValueError):
         starts[0] = 5
+
+
+def test_top_layer_spanning_many_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No merges at all and tiny blocks: overrides must find covered starts in any block,
+    # including blocks after the one where the new start falls.
+    monkeypatch.setattr(index_module, "_MIN_TOP", 10**9)
+    monkeypatch.setattr(index_module, "_BLOCK", 3)
+    for seed in range(60):
+        rng = random.Random(seed)
+        ix = SegmentIndex()
+        reference: dict[int, int] = {}
+        for step in range(200):
+            start = rng.randrange(2000)
+            end = min(2000, start + rng.choice([1, 5, 20, 100, 400]))
+            ix.insert(start, end, step, 0)
+            for a in range(start, end):
+                reference[a] = step
+            ix._check()
+        got = {a: p.source for p in ix.resolve(0, 2000) for a in range(p.start, p.end)}
+        assert got == reference, seed
