@@ -186,5 +186,6 @@ def run_tool(*command: str, user: str | None = None,
 
 
 def sh(script: str, *, user: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run a ``sh -c`` script, as :func:`run_tool` does."""
-    return run_tool("sh", "-c", script, user=user)
+    """Run a ``bash -c`` script, as :func:`run_tool` does (bash, because dash reports
+    every failed ``echo`` as "I/O error" instead of the errno's text)."""
+    return run_tool("bash", "-c", script, user=user)
