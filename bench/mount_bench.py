@@ -1,0 +1,277 @@
+"""Mount benchmark: vmemfs's ``mem`` and ``extents/`` files against the file itself and peers.
+
+One file of random bytes (1 GiB at ``--size full``) is read through:
+
+* ``direct`` — the file itself;
+* ``mem`` — ``mount.vmemfs FILE DIR`` (the file at address 0), ``DIR/mem`` under
+  ``holes=eio`` and, switched at run time through ``.ctl/holes``, ``holes=zero``;
+* ``extents`` — ``DIR/extents/0000000000000000-…`` (page cache allowed);
+* ``xmount`` — ``xmount --in raw FILE DIR``, ``DIR/<name>.dd``;
+* ``bindfs`` — ``bindfs FOLDER DIR``, ``DIR/<name>``.
+
+Measurements: ``dd`` sequential reads with 1 MiB and 128 KiB blocks, warm (the file in
+the page cache) and cold (caches dropped before each read); ``fio`` random 4 KiB reads
+(``psync``) with one and two jobs, warm and cold.  Every round runs every system once,
+rotating the order; the tables give medians and ratios to ``direct``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    VENV_BIN,
+    Section,
+    Target,
+    alternate,
+    command_line,
+    drop_caches,
+    finish_part,
+    fmt_bytes_rate,
+    fmt_rate,
+    fmt_ratio,
+    markdown_table,
+    median,
+    part_arguments,
+    run,
+)
+from bench.mounts import Mount
+
+FILE_SIZE = {"small": 256 << 20, "medium": 512 << 20, "full": 1 << 30}
+ROUNDS = {"small": 2, "medium": 3, "full": 5}
+COLD_ROUNDS = {"small": 1, "medium": 2, "full": 3}
+FIO_ROUNDS = {"small": 2, "medium": 3, "full": 3}
+FIO_SECONDS = {"small": 1, "medium": 2, "full": 2}
+SYSTEMS = ("direct", "mem", "mem holes=zero", "extents", "xmount", "bindfs")
+DD_SPEED = re.compile(rb"(\d+) bytes .* copied, ([0-9.e+-]+) s")
+
+
+class Systems:
+    """The mounted systems and how to reach each one's copy of the file."""
+
+    def __init__(self, work: Path, backing: Path, stack: ExitStack) -> None:
+        self.paths: dict[str, Path] = {"direct": backing}
+        vmemfs_dir = work / "mnt-vmemfs"
+        stack.enter_context(Mount(
+            [str(VENV_BIN / "mount.vmemfs"), str(backing), str(vmemfs_dir), "-f"],
+            vmemfs_dir, work / "vmemfs.log"))
+        self.holes = vmemfs_dir / ".ctl" / "holes"
+        self.paths["mem"] = vmemfs_dir / "mem"
+        self.paths["mem holes=zero"] = vmemfs_dir / "mem"
+        extents = sorted((vmemfs_dir / "extents").iterdir())
+        if len(extents) != 1:
+            raise RuntimeError(f"expected one extent, found {[e.name for e in extents]}")
+        self.paths["extents"] = extents[0]
+        xmount_dir = work / "mnt-xmount"
+        stack.enter_context(Mount(["xmount", "--in", "raw", str(backing), str(xmount_dir)],
+                                  xmount_dir, work / "xmount.log", forks=True))
+        self.paths["xmount"] = xmount_dir / (backing.stem + ".dd")
+        bindfs_dir = work / "mnt-bindfs"
+        stack.enter_context(Mount(["bindfs", "-f", str(backing.parent), str(bindfs_dir)],
+                                  bindfs_dir, work / "bindfs.log"))
+        self.paths["bindfs"] = bindfs_dir / backing.name
+        self._policy = ""
+
+    def path(self, system: str) -> Path:
+        """The file to read for ``system``, with vmemfs's hole policy set to match."""
+        if system.startswith("mem"):
+            policy = "zero" if system.endswith("zero") else "eio"
+            if policy != self._policy:
+                self.holes.write_text(policy + "\n")
+                self._policy = policy
+        return self.paths[system]
+
+
+def dd_rate(path: Path, block: int) -> float:
+    """Bytes per second ``dd`` reports for reading the whole file with ``block``-byte reads."""
+    result = run(["dd", f"if={path}", "of=/dev/null", f"bs={block}"], text=False)
+    match = DD_SPEED.search(result.stderr)  # type: ignore[arg-type]
+    if match is None:
+        raise RuntimeError(f"cannot read dd's summary: {result.stderr!r}")
+    return int(match.group(1)) / float(match.group(2))
+
+
+def fio_iops(path: Path, jobs: int, seconds: float, size: int) -> float:
+    """Random 4 KiB reads per second (all jobs together) from ``fio``."""
+    result = run(["fio", "--name=randread", f"--filename={path}", "--readonly",
+                  "--rw=randread", "--bs=4k", "--ioengine=psync", f"--numjobs={jobs}",
+                  f"--size={size}", f"--runtime={seconds}", "--time_based",
+                  "--invalidate=0", "--group_reporting", "--output-format=json"])
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    return float(report["jobs"][0]["read"]["iops"])
+
+
+def measure(systems: Systems, rounds: int,
+            reading: Callable[[Path], float], *, cold: bool = False) -> dict[str, list[float]]:
+    """Alternate ``reading`` over all systems for ``rounds`` rounds (caches dropped if cold)."""
+    def runner(system: str) -> Callable[[], float]:
+        def once() -> float:
+            path = systems.path(system)
+            if cold and not drop_caches():
+                raise RuntimeError("cannot drop the page cache (needs root)")
+            return reading(path)
+        return once
+
+    return alternate({system: runner(system) for system in SYSTEMS}, rounds)
+
+
+def plot(results: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    throughput = [name for name in results if name.startswith("dd")]
+    random_reads = [name for name in results if name.startswith("fio")]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(SYSTEMS)
+    for k, system in enumerate(SYSTEMS):
+        xs = np.arange(len(throughput)) + k * width
+        left.bar(xs, [results[name][system] / 1e9 for name in throughput], width,
+                 label=system)
+        xs = np.arange(len(random_reads)) + k * width
+        right.bar(xs, [results[name][system] / 1e3 for name in random_reads], width,
+                  label=system)
+    for axis, names, unit in ((left, throughput, "GB/s (log)"),
+                              (right, random_reads, "thousand reads/s (log)")):
+        axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+        axis.set_xticklabels(names, fontsize="small")
+        axis.set_ylabel(unit)
+        axis.set_yscale("log")
+        axis.grid(True, axis="y", which="both", alpha=0.3)
+    left.set_title("sequential reads (dd)")
+    right.set_title("random 4 KiB reads (fio, psync)")
+    left.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = part_arguments(__doc__.splitlines()[0])
+    size_name = args.size
+    began = time.perf_counter()
+    section = Section("mount_bench", "Mount", command_line("mount_bench", size_name))
+    for tool in ("xmount", "bindfs", "fio", "fusermount3"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: run bash bench/setup")
+    size = FILE_SIZE[size_name]
+    rounds, cold_rounds, fio_seconds = (ROUNDS[size_name], COLD_ROUNDS[size_name],
+                                        FIO_SECONDS[size_name])
+    fio_rounds = FIO_ROUNDS[size_name]
+    results: dict[str, dict[str, float]] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="vmemfs-mount-",
+                                     dir=os.environ.get("VMEMFS_BENCH_DIR")) as name, \
+            ExitStack() as stack:
+        work = Path(name)
+        backing = work / "data" / "memory.bin"
+        backing.parent.mkdir()
+        print(f"writing {size >> 20} MiB", flush=True)
+        rng = np.random.default_rng(21)
+        with backing.open("wb") as file:
+            for _ in range(size // (64 << 20) or 1):
+                file.write(rng.bytes(min(64 << 20, size)))
+        systems = Systems(work, backing, stack)
+        for system in SYSTEMS:
+            if systems.path(system).stat().st_size != size:
+                raise RuntimeError(f"{system}: {systems.path(system)} is not {size} bytes")
+        with backing.open("rb") as expected, systems.path("mem").open("rb") as shown:
+            for offset in (0, size // 2 + 123, size - 4096):
+                expected.seek(offset)
+                shown.seek(offset)
+                if shown.read(4096) != expected.read(4096):
+                    raise RuntimeError(f"mem differs from the backing file at {offset:#x}")
+
+        plan: list[tuple[str, int, Callable[[Path], float], bool]] = [
+            ("dd 1 MiB warm", rounds, lambda p: dd_rate(p, 1 << 20), False),
+            ("dd 128 KiB warm", rounds, lambda p: dd_rate(p, 128 << 10), False),
+            ("dd 1 MiB cold", cold_rounds, lambda p: dd_rate(p, 1 << 20), True),
+            ("fio 4 KiB 1 job warm", fio_rounds,
+             lambda p: fio_iops(p, 1, fio_seconds, size), False),
+            ("fio 4 KiB 2 jobs warm", fio_rounds,
+             lambda p: fio_iops(p, 2, fio_seconds, size), False),
+            ("fio 4 KiB 1 job cold", cold_rounds,
+             lambda p: fio_iops(p, 1, fio_seconds, size), True),
+        ]
+        for system in SYSTEMS:  # warm every cache once
+            dd_rate(systems.path(system), 1 << 20)
+        for label, count, reading, cold in plan:
+            print(f"{label}: {count} rounds", flush=True)
+            samples[label] = measure(systems, count, reading, cold=cold)
+            results[label] = {s: median(v) for s, v in samples[label].items()}
+            for system, value in results[label].items():
+                shown = fmt_bytes_rate(value) if label.startswith("dd") else fmt_rate(value)
+                print(f"  {system:15} {shown}", flush=True)
+
+    warm = results["dd 1 MiB warm"]
+    section.add_target(Target("mem dd 1 MiB / direct", warm["mem"] / warm["direct"], 0.4, "×",
+                              note=f"{size >> 20} MiB page-cached"))
+    for peer in ("xmount", "bindfs"):
+        section.add_target(Target(f"mem dd 1 MiB / {peer}", warm["mem"] / warm[peer], 2.5,
+                                  "×"))
+    section.add_target(Target("extents warm re-read / direct",
+                              warm["extents"] / warm["direct"], 0.8, "×"))
+    one_job = results["fio 4 KiB 1 job warm"]
+    section.add_target(Target("mem random 4 KiB, 1 job / bindfs",
+                              one_job["mem"] / one_job["bindfs"], 1.0, "×",
+                              note=f"mem {one_job['mem']:,.0f}/s, "
+                                   f"bindfs {one_job['bindfs']:,.0f}/s"))
+
+    figure = "perf/mount_throughput.png"
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(results, args.out / "mount_throughput.png")
+        section.figures.append(figure)
+
+    def table(labels: list[str], rate: Callable[[float], str]) -> str:
+        rows = []
+        for system in SYSTEMS:
+            cells = [system]
+            for label in labels:
+                value = results[label][system]
+                cells.append(f"{rate(value)} ({fmt_ratio(value / results[label]['direct'])})")
+            rows.append(cells)
+        return markdown_table(["system", *labels], rows)
+
+    byte_labels = [label for label in results if label.startswith("dd")]
+    read_labels = [label for label in results if label.startswith("fio")]
+    parts = [
+        f"One {size >> 20} MiB file of random bytes. Each cell is the median of the rounds "
+        f"({rounds} for warm `dd`, {fio_rounds} for warm `fio`, {cold_rounds} cold; every "
+        "round runs every system once, "
+        "rotating the order), and in brackets the ratio to reading the file directly. "
+        "Cold rounds drop the page cache (`/proc/sys/vm/drop_caches`) before each read. "
+        f"`fio` runs {fio_seconds} s per measurement: `--rw=randread --bs=4k "
+        "--ioengine=psync --invalidate=0`.",
+        "",
+    ]
+    if args.out is not None:
+        parts += [f"![throughput per system]({figure})", ""]
+    parts += [
+        "#### Sequential reads (`dd if=FILE of=/dev/null bs=…`)", "",
+        table(byte_labels, fmt_bytes_rate), "",
+        "#### Random 4 KiB reads per second (`fio`)", "",
+        table(read_labels, fmt_rate), "",
+        "Commands: `mount.vmemfs FILE DIR -f` (then `DIR/mem`, `DIR/extents/…`; "
+        "`echo zero > DIR/.ctl/holes` for the holes=zero rows), "
+        "`xmount --in raw FILE DIR` (`DIR/memory.dd`), `bindfs -f FOLDER DIR`.",
+        "",
+    ]
+    section.markdown = "\n".join(parts)
+    section.seconds = time.perf_counter() - began
+    finish_part(section, args.out)
+
+
+if __name__ == "__main__":
+    main()
