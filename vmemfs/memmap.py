@@ -628,6 +628,15 @@ class MemoryMap:
         return [Piece(p.start, p.end, names[p.source], p.offset)  # type: ignore[arg-type]
                 for p in self._index.resolve(start, end)]
 
+    def source_pieces(self, start: int, end: int) -> list[tuple[int, int, Source, int]]:
+        """``(start, end, source, source offset)`` of each piece serving ``[start, end)``.
+
+        Gaps between consecutive pieces are holes.  Runtime complexity: ``O(log n + k)``.
+        """
+        sources = self._sources
+        return [(p.start, p.end, sources[p.source], p.offset)
+                for p in self._index.resolve(start, end)]
+
     def source_of(self, address: int) -> tuple[Source, int] | None:
         """The source and source offset serving ``address``, or ``None`` for a hole."""
         piece = self._index.lookup(address)

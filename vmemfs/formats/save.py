@@ -300,21 +300,19 @@ def _write_extents(memmap: MemoryMap, fd: int, extents: list[tuple[int, int]],
                    offsets: np.ndarray, progress: Progress | None) -> None:
     total = sum(end - start for start, end in extents)
     copier = _Copier(fd, total, progress)
-    source_of = memmap.source_of
-    piece_end = memmap.lost_bytes_end
     for (start, end), out in zip(extents, offsets.tolist(), strict=True):
         address = start
-        while address < end:
-            found = source_of(address)
-            if found is None:
+        for piece_start, piece_end, source, offset in memmap.source_pieces(start, end):
+            if piece_start != address:
                 raise HoleError(address)
-            source, offset = found
-            length = min(piece_end(address), end) - address
+            length = piece_end - piece_start
             at = out + address - start
             if isinstance(source, FileSource):
                 copier.copy_file(source, offset, length, address, at)
             else:
                 copier.copy_buffered(source, offset, length, address, at)
-            address += length
+            address = piece_end
+        if address != end:
+            raise HoleError(address)
     if progress is not None:
         progress(copier.done, total)
