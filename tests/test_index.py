@@ -205,6 +205,7 @@ def test_merges_keep_every_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tiny thresholds force many merges and block splits.
     monkeypatch.setattr(index_module, "_MIN_TOP", 4)
     monkeypatch.setattr(index_module, "_BLOCK", 2)
+    monkeypatch.setattr(index_module, "_SAMPLE", 3)
     rng = random.Random(3)
     ix = SegmentIndex()
     reference: dict[int, tuple[int, int]] = {}

@@ -47,6 +47,9 @@ _TOP_SHIFT = 4
 """...or more than 1/16 of the base layer's pieces, whichever is larger."""
 _BLOCK = 256
 """Top-layer blocks are split when they pass twice this many starts."""
+_SAMPLE = 64
+"""Every 64th base start is also kept in a Python list: a search bisects that list, then
+64 entries of the array, without the cost of a numpy call (under 1 byte per piece)."""
 
 
 class Piece(NamedTuple):
@@ -88,7 +91,8 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     [(4096, 12288)]
     """
 
-    __slots__ = ("_deltas", "_extents", "_lasts", "_sources", "_starts", "_top", "_views")
+    __slots__ = ("_deltas", "_extents", "_lasts", "_sample", "_sources", "_starts", "_top",
+                 "_views")
 
     def __init__(self) -> None:
         self._starts: np.ndarray = _empty(np.uint64)
@@ -100,6 +104,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         # memoryviews of the base arrays: indexing one gives a Python int, 3x faster
         # than converting a numpy scalar.
         self._views: tuple[memoryview, ...] = ()
+        self._sample: list[int] = []
         self._set_base(self._starts, self._lasts, self._sources, self._deltas)
         self._extents: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -252,6 +257,16 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
                   deltas: np.ndarray) -> None:
         self._starts, self._lasts, self._sources, self._deltas = starts, lasts, sources, deltas
         self._views = tuple(memoryview(a) for a in (starts, lasts, sources, deltas))
+        self._sample = starts[::_SAMPLE].tolist()
+
+    def _base_position(self, address: int) -> int:
+        """The index of the last base piece starting at or before ``address`` (or -1)."""
+        k = bisect_right(self._sample, address) - 1
+        if k < 0:
+            return -1
+        low = k * _SAMPLE
+        return bisect_right(self._views[0], address, low,
+                            min(low + _SAMPLE, len(self._starts))) - 1
 
     # ------------------------------------------------------------------ lookups
 
@@ -267,10 +282,9 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
                 last, source, delta = top.values[key]
                 if last >= address:
                     return Piece(key, last + 1, source, (key + delta) & MASK64)
-        starts = self._starts
-        if len(starts) == 0 or not 0 <= address < ADDRESS_LIMIT:
+        if not 0 <= address < ADDRESS_LIMIT:
             return None
-        j = int(starts.searchsorted(np.uint64(address), side="right")) - 1
+        j = self._base_position(address)
         if j < 0:
             return None
         start_view, last_view, source_view, delta_view = self._views
@@ -357,7 +371,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         if count == 0:
             return []
         start_view, last_view, source_view, delta_view = self._views
-        j0 = int(starts.searchsorted(np.uint64(start), side="right")) - 1
+        j0 = self._base_position(start)
         if j0 < 0 or last_view[j0] < start:
             j0 += 1
         # Few pieces (the usual read): walk them; many: slice the arrays at once.
