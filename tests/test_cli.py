@@ -35,9 +35,9 @@ def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[b
                           timeout=timeout, check=False)
 
 
-def one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+def one_error_line(result: subprocess.CompletedProcess[bytes] | str) -> str:
     """The single ``vmemfs: error: ...`` line a user error must print, checked."""
-    text = result.stderr.decode()
+    text = result if isinstance(result, str) else result.stderr.decode()
     assert "Traceback" not in text, text
     lines = text.splitlines()
     assert len(lines) == 1, text
@@ -383,7 +383,7 @@ def broken_elf(folder: Path, elf: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("arguments", "status", "words"), [
+USER_ERRORS = [
     (["info", "{folder}/missing"], EXIT_INPUT, "No such file"),
     (["info", "{folder}"], EXIT_INPUT, "directory"),
     (["info", "{broken_elf}"], EXIT_INPUT, "truncated.core"),
@@ -404,11 +404,31 @@ def broken_elf(folder: Path, elf: Path) -> Path:
     (["save", "{raw}", "{folder}/missing/out.core"], EXIT_INPUT, "out.core"),
     (["frobnicate"], EXIT_USAGE, "frobnicate"),
     ([], EXIT_USAGE, "COMMAND"),
-])
+]
+"""Command lines with a user error: the exit status and a word the message must hold."""
+
+
+@pytest.fixture(scope="module")
+def paths(folder: Path, raw: Path, mapfile: Path, broken_elf: Path) -> dict[str, Path]:
+    return {"folder": folder, "raw": raw, "mapfile": mapfile, "broken_elf": broken_elf}
+
+
+@pytest.mark.parametrize(("arguments", "status", "words"), USER_ERRORS)
 def test_user_errors_are_one_line(arguments: list[str], status: int, words: str,
-                                  folder: Path, raw: Path, mapfile: Path,
-                                  broken_elf: Path) -> None:
-    paths = {"folder": folder, "raw": raw, "mapfile": mapfile, "broken_elf": broken_elf}
+                                  paths: dict[str, Path],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (main() returns the status; a traceback would fail the test)."""
+    assert main([argument.format(**paths) for argument in arguments]) == status
+    captured = capsys.readouterr()
+    assert words in one_error_line(captured.err)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("case", [0, 2, 5, 10, 17, 18])
+def test_user_errors_from_the_console_script(case: int, paths: dict[str, Path]) -> None:
+    """A sample of the above through the installed script: a file, a malformed ELF, an
+    -o option, a word size, an output folder, an unknown command."""
+    arguments, status, words = USER_ERRORS[case]
     result = run(*(argument.format(**paths) for argument in arguments))
     assert result.returncode == status, result.stderr
     assert words in one_error_line(result)
