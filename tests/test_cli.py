@@ -638,3 +638,63 @@ def test_progress_stops_drawing_when_the_terminal_fails() -> None:
 ])
 def test_format_size(count: int, text: str) -> None:
     assert format_size(count) == text
+
+
+# -------------------------------------------------------------------- failure paths in process
+
+
+def test_save_of_a_shrunken_file_is_a_hole_error(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vmemfs.cli
+
+    backing = folder / "shrinks.bin"
+    backing.write_bytes(bytes(range(256)) * 64)
+    opened = vmemfs.cli.open_map
+
+    def open_then_shrink(source: str, settings: vmemfs.cli.SourceSettings) -> MemoryMap:
+        memmap = opened(source, settings)
+        os.truncate(backing, 0x1000)
+        return memmap
+
+    monkeypatch.setattr(vmemfs.cli, "open_map", open_then_shrink)
+    out = folder / "shrunk.core"
+    assert main(["save", str(backing), str(out)]) == EXIT_HOLE
+    assert "0x1000" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()  # a failed save leaves nothing behind
+
+
+def test_interrupt_exits_quietly(
+        raw: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vmemfs.cli
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vmemfs.cli, "open_map", interrupted)
+    assert main(["info", str(raw)]) == 130
+    assert capsys.readouterr() == ("", "")
+
+
+def test_address_writer_batches_and_ticks() -> None:
+    from vmemfs.cli import AddressWriter
+
+    clock = FakeClock()
+    stream = io.BytesIO()
+    writer = AddressWriter(stream, clock=clock)
+    writer.add(0x10)
+    writer.tick()
+    assert stream.getvalue() == b""  # too soon
+    clock.now += AddressWriter.INTERVAL
+    writer.tick()
+    assert stream.getvalue() == b"0x0000000000000010\n"
+    for address in range(AddressWriter.BATCH):
+        writer.add(address)
+    assert stream.getvalue().count(b"\n") == 1 + AddressWriter.BATCH  # a full batch
+    writer.add(0xFFFF_FFFF_FFFF_FFFF)
+    writer.flush()
+    assert stream.getvalue().endswith(b"0x0000000000000fff\n0xffffffffffffffff\n")
+    immediate = AddressWriter(io.BytesIO(), immediate=True)
+    immediate.add(1)
+    assert immediate.stream.getvalue() == b"0x0000000000000001\n"  # type: ignore[attr-defined]
