@@ -593,13 +593,30 @@ class TestMountErrors:
             assert result.returncode == 32, result.stderr
             assert message in one_error_line(result.stderr)
             self.assert_nothing_left(mountpoint)
-        mount = mounts.foreground(dump[0])
+        odd = tmp_path / "mount point \\ with\tescapes"
+        odd.mkdir()
+        mount = mounts.foreground(dump[0], mountpoint=odd)
         for extra in ([], ["-f"]):
             again = run_helper(dump[0], mount.mountpoint, *extra)
             assert again.returncode == 32
             assert "already mounted (fuse.vmemfs)" in one_error_line(again.stderr)
         assert mount.alive() and os.path.ismount(mount.mountpoint)
         assert len(processes_mentioning(str(mount.mountpoint))) == 1
+
+    def test_a_dead_daemons_mount_point_is_named(self, mounts: Mounts,
+                                                 dump: tuple[Path, bytes]) -> None:
+        mount = mounts.foreground(dump[0])
+        assert mount.process is not None
+        mount.process.kill()
+        mount.process.wait(timeout=30)
+        assert os.path.ismount(mount.mountpoint)               # left "not connected"
+        result = run_helper(dump[0], mount.mountpoint)
+        assert result.returncode == 32
+        line = one_error_line(result.stderr)
+        assert "Transport endpoint is not connected" in line
+        assert f"fusermount3 -u {mount.mountpoint}" in line
+        unmount(mount)
+        self.assert_nothing_left(mount.mountpoint)
 
     def test_a_failing_mount_in_the_daemon_is_reported(self, world_dir: Path,
                                                        dump: tuple[Path, bytes]) -> None:
@@ -648,7 +665,7 @@ class TestMountErrors:
 
 @pytest.mark.mount
 class TestLifecycle:
-    @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "umount", "fusermount3"])
+    @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGHUP", "umount", "fusermount3"])
     def test_foreground_ends_cleanly(self, mounts: Mounts, dump: tuple[Path, bytes],
                                      how: str) -> None:
         mount = mounts.foreground(dump[0])

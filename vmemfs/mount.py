@@ -9,7 +9,7 @@ options, the source and every file it names, the mount point).  Without ``-f`` t
 process then forks; the child starts a new session, mounts, and reports "mounted" or
 the error to the parent through a pipe before it detaches from the terminal and
 serves.  The parent exits 0 only once the filesystem is mounted; otherwise it prints
-the child's error, reaps it and exits 32.  ``SIGTERM``, ``SIGINT``, ``umount DIR`` and
+the child's error, reaps it and exits 32.  ``SIGTERM``, ``SIGINT``, ``SIGHUP``, ``umount DIR`` and
 ``fusermount3 -u DIR`` end the daemon with a clean unmount and exit status 0.
 
 User errors are one line, ``mount.vmemfs: error: ...``, with exit status 1 (usage,
@@ -23,6 +23,7 @@ import errno
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import stat
 import sys
@@ -88,6 +89,8 @@ _DROPPED_FLAGS = frozenset({
     "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
     "nofail", "_netdev"})
 """mount(8) and fstab flags that mean nothing to a FUSE daemon."""
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 log = logging.getLogger(__name__)
 
@@ -330,11 +333,8 @@ def _mount_entries() -> Iterator[tuple[str, str]]:
 
 
 def _unescape(path: str) -> str:
-    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
-    if "\\" not in path:
-        return path
-    return path.encode("latin-1", "surrogateescape").decode("unicode_escape").encode(
-        "latin-1").decode("utf-8", "surrogateescape")
+    """Undo mountinfo's octal escapes (``\\040`` for a space, ``\\134`` for a backslash)."""
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match[1], 8)), path)
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -349,17 +349,25 @@ def check_mountpoint(mountpoint: str) -> str:
         raise MountError(f"mount point {mountpoint} does not exist") from None
     except OSError as error:
         if error.errno == errno.ENOTCONN:
-            raise MountError(
-                f"mount point {mountpoint}: {error.strerror} (a FUSE daemon died there: "
-                f"fusermount3 -u {mountpoint})") from None
+            raise _dead_fuse(mountpoint, error) from None
         raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise MountError(f"mount point {mountpoint} is not a directory")
     absolute = os.path.realpath(mountpoint)
     for target, filesystem_type in _mount_entries():
         if target == absolute and filesystem_type.startswith("fuse"):
+            try:
+                os.statvfs(absolute)
+            except OSError as error:
+                if error.errno == errno.ENOTCONN:
+                    raise _dead_fuse(mountpoint, error) from None
             raise MountError(f"{mountpoint} is already mounted ({filesystem_type})")
     return absolute
+
+
+def _dead_fuse(mountpoint: str, error: OSError) -> MountError:
+    return MountError(f"mount point {mountpoint}: {error.strerror} (a FUSE daemon died "
+                      f"there: fusermount3 -u {mountpoint})")
 
 
 # -------------------------------------------------------------------- libfuse
@@ -426,7 +434,7 @@ def mount(operations: Operations, mountpoint: str, options: set[str]) -> None:
         log.warning("%s", message)
 
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 async def _serve() -> None:
