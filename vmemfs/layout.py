@@ -356,9 +356,16 @@ class Layout:
             return b""
         if size > remaining:
             size = remaining
-        if self._zero_filled:
-            return self._read_zero_filled(self.base + offset, size)
-        return self._view(self.base + offset, size)
+        address = self.base + offset
+        if not self._zero_filled:
+            return self._view(address, size)
+        try:
+            buffer = self._view(address, size)  # no copy when the range has no hole
+        except HoleError:
+            return self._read_zero_filled(address, size)
+        if len(buffer) == size:
+            return buffer
+        return self._read_zero_filled(address, size)
 
     def read_extent(self, inode: int, offset: int, size: int) -> Any:
         """Up to ``size`` bytes of extent file ``inode`` from ``offset``; empty past its end.
