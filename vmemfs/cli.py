@@ -183,7 +183,7 @@ class SourceSettings:
     offset: int | None = None
     length: int | None = None
     physical: bool = False
-    overrides: dict[str, int | str | None] = field(default_factory=dict)
+    overrides: dict[str, object] = field(default_factory=dict)
     """``wordsize``/``endian`` to set after opening (``None`` as a value: unset)."""
 
 
@@ -192,7 +192,7 @@ def _settings(args: argparse.Namespace) -> SourceSettings:
     for options in args.options or ():
         for name, value in options:
             if name in ("wordsize", "endian"):
-                settings.overrides[name] = value  # type: ignore[assignment]
+                settings.overrides[name] = value
             else:
                 setattr(settings, name, value)
     for name in ("wordsize", "endian"):
@@ -200,7 +200,6 @@ def _settings(args: argparse.Namespace) -> SourceSettings:
         if value is not _NOT_GIVEN:
             settings.overrides[name] = value
     return settings
-
 
 
 def open_map(source: str, settings: SourceSettings) -> MemoryMap:
