@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -415,9 +416,12 @@ class TestBase:
 
     def test_base_option(self, mounts: Mounts, dump: tuple[Path, bytes]) -> None:
         path, content = dump
-        mount = mounts.detached(path, f"address={HIGH:#x}", f"base={HIGH + 0x1000:#x}")
+        mount = mounts.detached(path, f"address={HIGH:#x}", f"base={HIGH + 0x1000:#x}",
+                                "wordsize=32", "endian=be")
         assert [line.split()[1] for line in mount.startup_stderr.splitlines()] == ["mounted"]
         assert mount.path("mem").read_bytes() == content[0x1000:]
+        assert mount.path(".ctl", "wordsize").read_text() == "32\n"
+        assert mount.path(".ctl", "endian").read_text() == "big\n"
 
     def test_base_above_2_63_at_run_time(self, mounts: Mounts, dump: tuple[Path, bytes]) -> None:
         path, content = dump
@@ -694,6 +698,18 @@ class TestLifecycle:
             assert run_tool("umount", str(mount.mountpoint)).returncode == 0
         wait_for(lambda: not mount.alive(), 30, "the daemon to exit")
         assert not os.path.ismount(mount.mountpoint)
+
+    def test_an_elf_without_loads_mounts_empty(self, mounts: Mounts, tmp_path: Path) -> None:
+        header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack(
+            "<HHIQQQIHHHHHH", 4, 62, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+        source = tmp_path / "empty.core"
+        source.write_bytes(header)
+        mount = mounts.detached(source)
+        assert f"{source} maps nothing: the mount is empty" in mount.startup_stderr
+        assert os.listdir(mount.path("extents")) == []
+        assert os.stat(mount.path("mem")).st_size == 0
+        assert mount.path("mem").read_bytes() == b""
+        assert mount.path(".ctl", "wordsize").read_text() == "64\n"     # from the header
 
     def test_proc_mounts(self, mounts: Mounts, dump: tuple[Path, bytes]) -> None:
         mount = mounts.detached(dump[0], "ro", "nodev")
