@@ -287,8 +287,9 @@ def open_map(invocation: Invocation) -> Any:
     try:
         memory_map = open_source(source, address=options.address, offset=options.offset,
                                  length=options.length, physical=options.physical)
-    except OSError as error:
-        raise UsageError(f"{source}: {error.strerror or error}") from None
+    except OSError as error:  # the source, or a file a map file names
+        name = os.fsdecode(error.filename) if error.filename is not None else source
+        raise UsageError(f"{name}: {error.strerror or error}") from None
     except ValueError as error:  # FormatError included
         raise UsageError(_one_line(str(error))) from None
     named = sorted({mapping.source for mapping in memory_map.mappings
