@@ -150,9 +150,12 @@ def parse_mapfile_text(text: str, name: str) -> dict[str, Any] | None:
         text = text[1:]
     try:
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, RecursionError) as error:
+        # tomllib recurses into nested arrays and inline tables: a few thousand
+        # "[" exhaust the stack.  Such text is raw data, or a broken map file.
         if _MAP_HEADER.search(text):
-            raise FormatError(f"{name}: not valid TOML: {error}") from None
+            reason = "nested too deeply" if isinstance(error, RecursionError) else error
+            raise FormatError(f"{name}: not valid TOML: {reason}") from None
         return None
     tables = document.get("map")
     if not isinstance(tables, list) or not tables:
