@@ -87,7 +87,9 @@ def parse_address(text: str, name: str = BASE) -> int:
     :raises ControlValueError: for a sign, spaces, another base, or a value ``>= 2**64``.
     """
     if _DECIMAL.fullmatch(text):
-        value = int(text, 10)
+        # Python refuses decimal strings of more than 4300 digits; none is below 2**64.
+        digits = text.lstrip("0") or "0"
+        value = int(digits, 10) if len(digits) <= _LONGEST else ADDRESS_LIMIT
     elif _HEXADECIMAL.fullmatch(text):
         value = int(text, 16)
     else:
