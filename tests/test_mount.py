@@ -719,6 +719,10 @@ class TestLifecycle:
         assert (source, kind) == (str(dump[0]), "fuse.vmemfs")
         assert "ro" in flags.split(",") and "nodev" in flags.split(",")
         assert "default_permissions" in flags.split(",")
+        [device] = [line.split()[2] for line in Path("/proc/self/mountinfo").read_text()
+                    .splitlines() if line.split()[4] == str(mount.mountpoint)]
+        readahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+        wait_for(lambda: int(readahead.read_text()) == 1024, 10, "a 1 MiB readahead")
 
 
 def mount8_helper(name: str) -> None:
