@@ -639,6 +639,11 @@ class MemoryMap:
             self._mappings_cache = tuple(built)
         return self._mappings_cache
 
+    def file_names(self) -> list[str]:
+        """The names of the files that mappings were added from, in the order opened."""
+        return [source.name for number, source in enumerate(self._sources)
+                if number in self._used_sources and isinstance(source, FileSource)]
+
     @property
     def mapping_count(self) -> int:
         """How many mappings were added (``len(mappings)``, without building them)."""

@@ -4,7 +4,7 @@ A small reader of its own (see docs/formats.md for why): the ELF header and the
 program header table are read with two or three ``pread`` calls; the table is decoded
 with one numpy structured dtype, so an ELF with 100,000 loads is parsed in
 milliseconds.  Segment data is never read here: the loads are handed to
-:meth:`MemoryMap.add_file_regions` as file regions.
+:meth:`MemoryMap.add_file_arrays` as arrays of file regions.
 
 Everything is checked before anything is added; a truncated or corrupt file is a
 :class:`~vmemfs.errors.FormatError` with one line naming the file and what is wrong.
@@ -371,7 +371,7 @@ def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool =
     order from ``EI_CLASS``/``EI_DATA`` (or from a VMEMFS note), and its ``machine``
     from ``e_machine`` when the map has none yet.
 
-    Cost: see :func:`read_layout`; then one vectorised ``add_file_regions``.
+    Cost: see :func:`read_layout`; then one vectorised ``add_file_arrays``.
 
     :raises FormatError: for a truncated or corrupt file, or when the map's word size or
         byte order is already set to something else.  Nothing is added then.
@@ -390,10 +390,9 @@ def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool =
                 else f"{layout.endian}-endian ELF file")
         raise FormatError(f"{name}: {what}, but the map's endian is already {memmap.endian}")
     if len(layout.addresses):
-        regions = zip(layout.addresses.tolist(), layout.offsets.tolist(),
-                      layout.lengths.tolist(), strict=True)
         try:
-            memmap.add_file_regions(path, regions, kind="elf")
+            memmap.add_file_arrays(path, layout.addresses, layout.offsets, layout.lengths,
+                                   kind="elf")
         except FormatError:
             raise
         except ValueError as error:
