@@ -150,9 +150,10 @@ def parse_mapfile_text(text: str, name: str) -> dict[str, Any] | None:
         text = text[1:]
     try:
         document = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as error:
-        # tomllib recurses into nested arrays and inline tables: a few thousand
-        # "[" exhaust the stack.  Such text is raw data, or a broken map file.
+    except (ValueError, RecursionError) as error:
+        # Besides TOMLDecodeError: tomllib recurses into nested arrays and inline tables
+        # (a few thousand "[" exhaust the stack), and int() refuses integers of more than
+        # 4300 digits with a plain ValueError.  Such text is raw data, or a broken map file.
         if _MAP_HEADER.search(text):
             reason = "nested too deeply" if isinstance(error, RecursionError) else error
             raise FormatError(f"{name}: not valid TOML: {reason}") from None
