@@ -541,7 +541,10 @@ def _prepare(invocation: Invocation) -> tuple[Operations, str, set[str]]:
     mountpoint = check_mountpoint(invocation.mountpoint)
     layout = Layout(memory_map, holes=invocation.options.holes)
     base, reason = choose_base(invocation, memory_map, layout.default_base)
-    layout.set_base(base)
+    try:
+        layout.set_base(base)
+    except ctl.ControlValueError as error:
+        raise UsageError(f"{invocation.source}: {error}") from None
     if not layout.extent_count:
         _say(f"{invocation.source} maps nothing: the mount is empty")
     elif base and invocation.options.base is None:
@@ -570,9 +573,15 @@ def _run_detached(invocation: Invocation, operations: Operations, mountpoint: st
     sys.stderr.flush()
     reader, writer = os.pipe()
     child = os.fork()
-    if child == 0:
-        os.close(reader)
-        os._exit(_child(invocation, operations, mountpoint, fuse_opts, writer))
+    if child == 0:  # never returns: the parent's code must not run on in the child
+        status = EXIT_MOUNT_FAILED
+        try:
+            os.close(reader)
+            status = _child(invocation, operations, mountpoint, fuse_opts, writer)
+        except BaseException:
+            log.exception("the daemon failed")
+        finally:
+            os._exit(status)
     os.close(writer)
     chunks = []
     while chunk := os.read(reader, 4096):
