@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import random
 import re
 import shutil
@@ -44,6 +45,15 @@ from vmemfs.mount import (
 )
 
 HIGH = 0xffffffff81000000
+OTHER_USER = "nobody"
+"""A user other than the one who mounts (Debian always has it)."""
+
+
+def other_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        pytest.skip(f"there is no user {OTHER_USER!r}")
 
 
 # ==================================================================== the command line
@@ -513,15 +523,16 @@ class TestControl:
         assert mount.log_text().count("WARNING") == warnings_before + len(refused)
 
     def test_other_users_read_but_cannot_write(self, mount: Mount) -> None:
+        other_user()
         directory = mount.path(".ctl")
         before = (directory / "wordsize").read_text()
         for value in ("64", "32", "unset"):
-            result = sh(f"echo {value} > {directory / 'wordsize'}", user="nobody")
+            result = sh(f"echo {value} > {directory / 'wordsize'}", user=OTHER_USER)
             assert result.returncode != 0
             assert b"Permission denied" in result.stderr
         assert (directory / "wordsize").read_text() == before
         read = sh(f"cat {directory / 'holes'} && head -c 4 {mount.path('mem')} | wc -c",
-                  user="nobody")
+                  user=OTHER_USER)
         assert read.returncode == 0
         assert read.stdout.decode().split() == ["eio", "4"]
 
@@ -633,9 +644,10 @@ class TestMountErrors:
         source.chmod(0o644)
         mountpoint = world_dir / "user-mnt"
         mountpoint.mkdir()
-        os.chown(mountpoint, 65534, 65534)
+        other = other_user()
+        os.chown(mountpoint, other.pw_uid, other.pw_gid)
         result = run_tool(str(HELPER), str(source), str(mountpoint), "-o", "allow_other",
-                          user="nobody")
+                          user=OTHER_USER)
         stderr = result.stderr.decode()
         assert result.returncode == 32, stderr
         assert f"cannot mount on {mountpoint}: " in one_error_line(stderr)
@@ -653,9 +665,10 @@ class TestMountErrors:
         assert result.returncode == 1
         assert "writable by group or others" in one_error_line(result.stderr)
         loose.chmod(0o644)
-        os.chown(loose, 65534, 65534)
+        other = other_user()
+        os.chown(loose, other.pw_uid, other.pw_gid)
         result = run_helper(loose, mountpoint)
-        assert "owned by uid 65534" in one_error_line(result.stderr)
+        assert f"owned by uid {other.pw_uid}" in one_error_line(result.stderr)
         mapfile = write_mapfile(tmp_path / "names-loose.toml",
                                 [f'file = "{loose.name}"\naddress = 0'])
         result = run_helper(mapfile, mountpoint)
