@@ -150,12 +150,12 @@ def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) ->
     name, equals, value = option.partition("=")
     if name in _FLAG_OPTIONS:
         if equals:
-            raise UsageError(f"option '{name}' takes no value")
+            raise UsageError(f"option {name!r} takes no value")
         setattr(options, name, True)
         return None
     if name in _VALUE_OPTIONS:
         if not equals or not value:
-            raise UsageError(f"option '{name}' needs a value: {name}=...")
+            raise UsageError(f"option {name!r} needs a value: {name}=...")
         try:
             _set_value_option(options, name, value)
         except ctl.ControlValueError as error:
@@ -167,8 +167,8 @@ def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) ->
     if option in _DROPPED_FLAGS or option.startswith(("x-", "comment=")) or not option:
         return None
     if sloppy:
-        return f"ignoring unknown option '{option}'"
-    raise UsageError(f"unknown option '{option}'")
+        return f"ignoring unknown option {option!r}"
+    raise UsageError(f"unknown option {option!r}")
 
 
 def _set_value_option(options: MountOptions, name: str, value: str) -> None:
@@ -218,12 +218,12 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                 if letter == "o":
                     option_texts.append(letters)
                 elif letters not in FILESYSTEM_TYPES:
-                    raise UsageError(f"-t {letters}: this helper mounts type vmemfs only")
+                    raise UsageError(f"-t {letters!r}: this helper mounts type vmemfs only")
                 letters = ""
             elif letter in "fvns":
                 flags.add(letter)
             else:
-                raise UsageError(f"unknown flag '-{letter}' (see {PROGRAM} --help)")
+                raise UsageError(f"unknown flag {'-' + letter!r} (see {PROGRAM} --help)")
     if len(operands) != 2:
         raise UsageError(f"expected SOURCE and MOUNTPOINT, got {len(operands)} operands "
                          f"(see {PROGRAM} --help)")
@@ -375,7 +375,10 @@ def _dead_fuse(mountpoint: str, error: OSError) -> MountError:
 
 
 def _escape_option_value(value: str) -> str:
-    """Escape what libfuse splits options on."""
+    """Escape what libfuse splits options on, and write each byte outside ASCII as
+    ``\\xNN``: pyfuse3 hands options to libfuse as ASCII only (a source path such as
+    ``mémoire.core`` would otherwise fail the mount with ``UnicodeEncodeError``)."""
+    value = os.fsencode(value).decode("ascii", "backslashreplace")
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
