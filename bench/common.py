@@ -279,6 +279,8 @@ class Section:
     targets: list[Target] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    data: dict = field(default_factory=dict)
+    """Raw measurements (per-round samples), kept in the JSON for the record."""
 
     def add_target(self, target: Target) -> None:
         """Record a target and print its verdict now."""

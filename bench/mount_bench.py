@@ -48,7 +48,7 @@ from bench.common import (
 from bench.mounts import Mount
 
 FILE_SIZE = {"small": 256 << 20, "medium": 512 << 20, "full": 1 << 30}
-ROUNDS = {"small": 2, "medium": 3, "full": 5}
+ROUNDS = {"small": 2, "medium": 3, "full": 7}
 COLD_ROUNDS = {"small": 1, "medium": 2, "full": 3}
 FIO_ROUNDS = {"small": 2, "medium": 3, "full": 3}
 FIO_SECONDS = {"small": 1, "medium": 2, "full": 2}
@@ -268,6 +268,7 @@ def main() -> None:
         "`xmount --in raw FILE DIR` (`DIR/memory.dd`), `bindfs -f FOLDER DIR`.",
         "",
     ]
+    section.data = {"file_bytes": size, "samples": samples}
     section.markdown = "\n".join(parts)
     section.seconds = time.perf_counter() - began
     finish_part(section, args.out)

@@ -6,7 +6,9 @@
 Installs the peers first (``bench/setup``: xmount, bindfs, fio, and the ``bench`` extra),
 then runs each part in its own process (so one part's memory and caches do not colour
 the next), collects the sections they write to ``docs/perf/`` and assembles the page.
-A part that fails is reported as failed on the page; the others still run.
+A part that fails is reported as failed on the page; the others still run.  The
+hand-written reading of the results, ``docs/perf/analysis.md``, is placed after the
+targets table.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def run_part(part: str, size: str, out: Path) -> Section:
 
 
 def write_page(sections: list[Section], size: str, started: str, total: float,
-               machine_table: str) -> str:
+               machine_table: str, analysis: str = "") -> str:
     """The Markdown of ``docs/performance.md``."""
     targets = [(section.title, target) for section in sections for target in section.targets]
     lines = [
@@ -86,6 +88,8 @@ def write_page(sections: list[Section], size: str, started: str, total: float,
                        [(title, *target.row()) for title, target in targets]),
         "",
     ]
+    if analysis:
+        lines += [analysis.rstrip(), ""]
     for section in sections:
         lines += [
             f"## {section.title}",
@@ -116,7 +120,9 @@ def main() -> None:
     out = args.page.parent / "perf"
     sections = [run_part(part, args.size, out) for part in args.parts]
     total = time.perf_counter() - began
-    page = write_page(sections, args.size, started, total, description.markdown())
+    notes = args.page.parent / "perf" / "analysis.md"
+    analysis = notes.read_text() if notes.exists() else ""
+    page = write_page(sections, args.size, started, total, description.markdown(), analysis)
     args.page.parent.mkdir(parents=True, exist_ok=True)
     args.page.write_text(page)
     print(f"\nwrote {args.page} ({total / 60:.1f} minutes)")

@@ -4,10 +4,11 @@
   4 KiB, so 100,000 extents; ``PN_XNUM`` headers since the count passes 65,534), written
   here with ``struct``.  Timed from starting ``mount.vmemfs CORE DIR -f`` to the first
   successful read of ``DIR/mem`` (polled every millisecond), page-cached, median of runs.
-* **Save**: ``MemoryMap.save()`` of a 1 GiB map (one raw file) against ``cp`` of the same
-  file.  ``save`` ends with ``fsync`` (the file is durable when it returns), so it is
-  compared with ``cp`` followed by ``sync OUT``, and, for reference, with ``cp`` alone
-  (which leaves the data in the page cache).  Rounds alternate the order.
+* **Save**: ``MemoryMap.save()`` of a 1 GiB map (one raw file), and the command
+  ``vmemfs save`` (interpreter start included), against ``cp`` of the same file.
+  ``save`` ends with ``fsync`` (the file is durable when it returns), so it is compared
+  with ``cp`` followed by ``sync OUT``, and, for reference, with ``cp`` alone (which
+  leaves the data in the page cache).  Rounds alternate the order.
 """
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ def save_comparison(work: Path, size: int, rounds: int) -> dict[str, list[float]
         memmap.save(target)
         return time.perf_counter() - begin
 
+    def timed_cli() -> float:
+        fresh()
+        begin = time.perf_counter()
+        run([str(VENV_BIN / "vmemfs"), "save", "-o", "address=0x7f0000000000",
+             str(source), str(target)])
+        return time.perf_counter() - begin
+
     def timed_cp_sync() -> float:
         fresh()
         begin = time.perf_counter()
@@ -141,8 +149,10 @@ def save_comparison(work: Path, size: int, rounds: int) -> dict[str, list[float]
     if MemoryMap.load(target).read(0x7F0000000000 + size - 16, 16) != \
             source.read_bytes()[-16:]:
         raise RuntimeError("the saved core does not hold the map's bytes")
-    samples = alternate({"save()": timed_save, "cp + sync": timed_cp_sync, "cp": timed_cp},
-                        rounds)
+    writers = {"save()": timed_save, "cp + sync": timed_cp_sync, "cp": timed_cp}
+    if (VENV_BIN / "vmemfs").exists():
+        writers["vmemfs save"] = timed_cli
+    samples = alternate(writers, rounds)
     fresh()
     memmap.close()
     return samples
@@ -192,7 +202,8 @@ def main() -> None:
                        [(str(len(startups)), f"{startup:.3f} s", f"{min(startups):.3f} s",
                          f"{max(startups):.3f} s")]),
         "",
-        f"**Save.** `MemoryMap.of_file(FILE, 0x7f0000000000).save(OUT)` of a "
+        f"**Save.** `MemoryMap.of_file(FILE, 0x7f0000000000).save(OUT)` and "
+        "`vmemfs save -o address=0x7f0000000000 FILE OUT` of a "
         f"{size >> 20} MiB file against `cp FILE OUT` (the output deleted and "
         "`sync` run before each round; rounds alternate the order). `save()` "
         "`fsync`s its output before it returns, so `cp` + `sync OUT` is the like-for-like "
@@ -204,6 +215,7 @@ def main() -> None:
                         for name, times in saves.items()]),
         "",
     ])
+    section.data = {"startup_seconds": startups, "save_bytes": size, "save_seconds": saves}
     section.seconds = time.perf_counter() - began
     finish_part(section, args.out)
 
