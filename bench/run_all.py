@@ -51,6 +51,8 @@ def run_part(part: str, size: str, out: Path) -> Section:
     section.markdown = ("**This part failed** (exit status " + str(status) + "); the end of "
                         "its output:\n\n```\n" + "\n".join(tail[-15:]) + "\n```\n")
     section.seconds = elapsed
+    out.mkdir(parents=True, exist_ok=True)
+    stale.write_text(json.dumps(section.to_json(), indent=1) + "\n")
     return section
 
 
@@ -78,9 +80,9 @@ def write_page(sections: list[Section], size: str, started: str, total: float,
         "",
         machine_table,
         "",
-        "Other work was running on this machine at the same time (see the load average); "
-        "ratios measured side by side within one run are the figures to trust, absolute "
-        "times less so.",
+        "The machine is shared: other work may run at the same time (see the load "
+        "average). Ratios measured side by side within one run are the figures to trust; "
+        "absolute times less so.",
         "",
         "## Targets",
         "",
@@ -102,6 +104,22 @@ def write_page(sections: list[Section], size: str, started: str, total: float,
     return "\n".join(lines)
 
 
+def assemble(page: Path, out: Path) -> None:
+    """Write the page from ``out/run.json``, the parts' JSON and ``out/analysis.md``."""
+    record = json.loads((out / "run.json").read_text())
+    sections = []
+    for part in record["parts"]:
+        path = out / f"{part}.json"
+        if path.exists():
+            sections.append(Section.from_json(json.loads(path.read_text())))
+    notes = out / "analysis.md"
+    analysis = notes.read_text() if notes.exists() else ""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(write_page(sections, record["size"], record["started"], record["total"],
+                               record["machine"], analysis))
+    print(f"\nwrote {page}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="full")
@@ -110,22 +128,27 @@ def main() -> None:
                         help="do not run bench/setup (the peers are installed)")
     parser.add_argument("--page", type=Path, default=DOCS / "performance.md",
                         help="where to write the page (plots go to perf/ beside it)")
+    parser.add_argument("--assemble", action="store_true",
+                        help="run nothing: rebuild the page from the last run's JSON "
+                             "(after editing docs/perf/analysis.md)")
     args = parser.parse_args()
+    out = args.page.parent / "perf"
+    if args.assemble:
+        assemble(args.page, out)
+        return
     if not args.skip_setup:
         subprocess.run(["bash", str(REPO / "bench" / "setup")], check=True)
     description = machine()
     print(description.line(), flush=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     began = time.perf_counter()
-    out = args.page.parent / "perf"
     sections = [run_part(part, args.size, out) for part in args.parts]
     total = time.perf_counter() - began
-    notes = args.page.parent / "perf" / "analysis.md"
-    analysis = notes.read_text() if notes.exists() else ""
-    page = write_page(sections, args.size, started, total, description.markdown(), analysis)
-    args.page.parent.mkdir(parents=True, exist_ok=True)
-    args.page.write_text(page)
-    print(f"\nwrote {args.page} ({total / 60:.1f} minutes)")
+    run_record = {"size": args.size, "started": started, "total": total,
+                  "machine": description.markdown(), "parts": list(args.parts)}
+    (out / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
+    assemble(args.page, out)
+    print(f"({total / 60:.1f} minutes)")
     for section in sections:
         for target in section.targets:
             print(target.line())
