@@ -292,8 +292,7 @@ def open_map(invocation: Invocation) -> Any:
         raise UsageError(f"{name}: {error.strerror or error}") from None
     except ValueError as error:  # FormatError included
         raise UsageError(_one_line(str(error))) from None
-    named = sorted({mapping.source for mapping in memory_map.mappings
-                    if mapping.kind != "bytes" and mapping.source != source})
+    named = sorted(set(memory_map.file_names()) - {os.path.abspath(source)})
     try:
         check_trusted(named)
     except UsageError:
