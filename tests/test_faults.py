@@ -125,6 +125,28 @@ def test_truncated_backing_file(mounts: Mounts, pair: Pair) -> None:
     assert pread(mem, 16, SECOND_AT) == pair.second_bytes[:16]
 
 
+def test_truncated_under_a_cached_extent(mounts: Mounts, pair: Pair) -> None:
+    """``extents/`` files go through the page cache: pages read before the cut keep
+    their (right) bytes until the cache lets them go; then the lost bytes give EIO."""
+    mount = mounts.foreground(pair.mapfile)
+    extent = mount.path("extents", sorted(os.listdir(mount.path("extents")))[0])
+    assert extent.read_bytes() == pair.first_bytes
+    os.truncate(pair.first, KEPT)
+    fd = os.open(extent, os.O_RDONLY)
+    try:
+        try:
+            cached: bytes | None = os.pread(fd, FIRST_SIZE, 0)
+        except OSError as error:
+            assert error.errno == errno.EIO
+            cached = None
+        assert cached in (pair.first_bytes, None)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # drop this file's pages
+        assert errno_of(lambda: os.pread(fd, 100, KEPT + 100)) == errno.EIO
+    finally:
+        os.close(fd)
+    assert pread(mount.path("mem"), FIRST_SIZE, 0) == pair.first_bytes[:KEPT]
+
+
 def test_deleted_backing_file_is_still_served(mounts: Mounts, pair: Pair) -> None:
     mount = mounts.foreground(pair.mapfile)
     before = pair.state(mount)
