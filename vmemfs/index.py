@@ -32,6 +32,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -210,7 +211,10 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
             total = int(counts.sum())
             run_starts = np.repeat(first, counts)
             run_offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-            touched = np.unique(run_starts + run_offsets)
+            touched = run_starts + run_offsets
+            # Ascending already (consecutive runs share at most their edge piece): drop
+            # the repeats without sorting.
+            touched = touched[np.concatenate(([True], touched[1:] != touched[:-1]))]
         else:
             touched = np.empty(0, dtype=np.intp)
         # What is left of each touched base piece outside the top pieces: intersect it
@@ -665,8 +669,9 @@ class _TopLayer:
         """The pieces as ``(starts, lasts, sources, deltas)`` arrays."""
         count = len(self.values)
         keys = list(self.keys())
-        values = self.values
-        table = np.array([values[k] for k in keys], dtype=np.uint64).reshape(count, 3)
+        ordered = itemgetter(*keys)(self.values) if count > 1 else [self.values[keys[0]]]
+        table = np.fromiter(chain.from_iterable(ordered), dtype=np.uint64,
+                            count=3 * count).reshape(count, 3)
         return (np.array(keys, dtype=np.uint64), table[:, 0].copy(),
                 table[:, 1].astype(np.int32), table[:, 2].copy())
 
