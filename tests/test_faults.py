@@ -14,9 +14,13 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import Mounts
 from mounting import Mount, mount_unavailable, run_tool, wait_for
@@ -145,6 +149,84 @@ def test_truncated_under_a_cached_extent(mounts: Mounts, pair: Pair) -> None:
     finally:
         os.close(fd)
     assert pread(mount.path("mem"), FIRST_SIZE, 0) == pair.first_bytes[:KEPT]
+
+
+RACE_SECONDS = 8.0
+PAGE = 4096
+
+
+@pytest.mark.slow
+def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
+    """A backing file cut and restored again and again under concurrent readers of
+    ``mem`` and of its extent: the daemon never dies of SIGBUS, and a read gives a prefix
+    of the right bytes (short, or EIO), never other bytes, except zeros from a cut to the
+    end of its page: the kernel zeroes that part of the page when it truncates, and a
+    ``read(2)`` of the backing file itself can return them in the same race."""
+    size = 1 << 20
+    original = random.Random(5).randbytes(size)
+    backing = tmp_path / "racing.bin"
+    backing.write_bytes(original)
+    mount = mounts.foreground(backing)
+    mounts.allow_errors = True          # a reply whose pages vanished is logged
+    [extent_name] = os.listdir(mount.path("extents"))
+    deadline = time.monotonic() + RACE_SECONDS
+    counts: Counter[str] = Counter()
+    wrong: list[str] = []
+    zeroed: list[tuple[int, int]] = []
+
+    def reader(path: Path, seed: int) -> None:
+        rng = random.Random(seed)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while time.monotonic() < deadline:
+                offset = rng.randrange(size)
+                length = rng.randrange(1, 128 * 1024)
+                try:
+                    data = os.pread(fd, length, offset)
+                except OSError as error:
+                    counts[errno.errorcode[error.errno]] += 1
+                    continue
+                counts["short" if len(data) < min(length, size - offset) else "full"] += 1
+                expected = original[offset:offset + len(data)]
+                if data != expected:
+                    got = np.frombuffer(data, np.uint8)
+                    differ = got != np.frombuffer(expected, np.uint8)
+                    where = np.flatnonzero(differ)
+                    first, last = offset + int(where[0]), offset + int(where[-1])
+                    if got[differ].any() or first // PAGE != last // PAGE:
+                        wrong.append(f"{path.name} pread({offset}, {length}): "
+                                     f"{len(where)} bytes differ from {first} to {last}")
+                    else:
+                        zeroed.append((first, last))
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(path, seed)) for seed, path in
+               enumerate([mount.path("mem"), mount.path("mem"),
+                          mount.path("extents", extent_name)])]
+    for thread in threads:
+        thread.start()
+    cuts = 0
+    rng = random.Random(6)
+    try:
+        with open(backing, "r+b", buffering=0) as file:
+            while time.monotonic() < deadline:
+                cut = rng.randrange(size)
+                os.ftruncate(file.fileno(), cut)
+                os.pwrite(file.fileno(), original[cut:], cut)
+                cuts += 1
+    finally:
+        for thread in threads:
+            thread.join(timeout=RACE_SECONDS + 60)
+    print(f"\ntruncation race: {cuts} cuts, reads {dict(counts)}, "
+          f"{len(zeroed)} with zeros in the page of a cut")
+    assert wrong == []
+    assert mount.alive()
+    assert set(counts) <= {"full", "short", "EIO"}, counts
+    assert counts["full"] > 0 and counts["EIO"] + counts["short"] > 0
+    assert pread(mount.path("mem"), size, 0) == original
+    log = mount.log_text()
+    assert "Traceback" not in log and "SIGBUS" not in log, log[-2000:]
 
 
 def test_deleted_backing_file_is_still_served(mounts: Mounts, pair: Pair) -> None:
