@@ -361,6 +361,7 @@ def arguments() -> st.SearchStrategy[list[str]]:
         if parts[2] else ["SOURCE", *parts[0], "MOUNTPOINT", "-o" + parts[1]])
 
 
+@pytest.mark.slow
 @seeded(3000)
 @given(argv=arguments())
 def test_option_parser(argv: list[str]) -> None:
@@ -464,6 +465,7 @@ def control_writes() -> st.SearchStrategy[tuple[str, bytes]]:
 
 
 @pytest.mark.mount
+@pytest.mark.slow
 @seeded(600)
 @given(write=control_writes(), offset=st.sampled_from([0, 0, 0, 0, 0, 1, 2, 64, 4096]),
        truncate=st.booleans())
