@@ -328,6 +328,22 @@ def test_any_file_as_a_source(tmp_path_factory: pytest.TempPathFactory,
         m.close()
 
 
+@pytest.mark.slow
+def test_coverage_guided_harness(tmp_path: Path) -> None:
+    """``tests/fuzz/fuzz_inputs.py`` (atheris, when installed) runs a bounded number of
+    inputs against sources, mount options and control values without a crash."""
+    pytest.importorskip("atheris")
+    runs = 10_000
+    harness = Path(__file__).parent / "fuzz" / "fuzz_inputs.py"
+    result = subprocess.run([sys.executable, str(harness), f"-runs={runs}", "-seed=1",
+                             "-max_len=2048", str(tmp_path / "corpus")],
+                            capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Done {runs} runs" in result.stderr, result.stderr[-3000:]
+    TRIED["atheris inputs (sources, options, controls)"] += runs
+
+
 # ==================================================================== mount options
 
 
