@@ -101,3 +101,22 @@ def test_unknown_control() -> None:
     with pytest.raises(KeyError):
         ctl.parse("maps", b"x")
     assert ctl.CONTROLS == ("wordsize", "endian", "base", "holes")
+
+
+def test_command_line_quantities_take_binary_suffixes() -> None:
+    assert ctl.parse_quantity("4K", "length") == 4096
+    assert ctl.parse_quantity("0x10M", "offset") == 16 << 20
+    assert ctl.parse_quantity("0xffffffff81000000", "address") == 0xFFFFFFFF81000000
+    for bad in ("K", "-1K", "1.5K", "4 K", "16777216T", "0x"):
+        with pytest.raises(ctl.ControlValueError, match="length"):
+            ctl.parse_quantity(bad, "length")
+
+
+def test_mount_and_command_accept_the_same_numbers() -> None:
+    from vmemfs.cli import parse_number
+    from vmemfs.mount import parse_command_line
+
+    invocation = parse_command_line(["src", "dir", "-o", "address=1M,offset=0x10,length=4K"])
+    options = invocation.options
+    assert (options.address, options.offset, options.length) == (1 << 20, 16, 4096)
+    assert [parse_number(text) for text in ("1M", "0x10", "4K")] == [1 << 20, 16, 4096]

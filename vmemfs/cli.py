@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import textwrap
 import time
@@ -55,8 +54,6 @@ EXIT_BROKEN_PIPE = 141
 READ_CHUNK = 1 << 20
 """Bytes copied to standard output per step of ``vmemfs read``."""
 
-_NUMBER = re.compile(r"(?:0[xX]([0-9a-fA-F]+)|([0-9]+))([kKmMgGtT]?)")
-_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _NOT_GIVEN = object()
 """Default of ``--wordsize``/``--endian``: leave the map's value alone."""
 _SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian")
@@ -115,16 +112,10 @@ def parse_number(text: str) -> int:
 
     :raises argparse.ArgumentTypeError: for anything else, or a value ``>= 2**64``.
     """
-    match = _NUMBER.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number (decimal, 0x hexadecimal, optional K/M/G/T)")
-    hexadecimal, decimal, suffix = match.groups()
-    value = int(hexadecimal, 16) if hexadecimal is not None else int(decimal, 10)
-    value *= _SCALE[suffix.lower()]
-    if value >= ADDRESS_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not below 2**64")
-    return value
+    try:
+        return ctl.parse_quantity(text.strip(), "number")
+    except ctl.ControlValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("number: ")) from None
 
 
 def _positive(text: str) -> int:

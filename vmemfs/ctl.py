@@ -40,6 +40,7 @@ _ENDIANS = {"little": "little", "le": "little", "big": "big", "be": "big"}
 _DECIMAL = re.compile(r"[0-9]+")
 _HEXADECIMAL = re.compile(r"0[xX][0-9a-fA-F]+")
 _LONGEST = 64
+_SCALE = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 """No valid value is longer than this; longer input is refused before any parsing."""
 
 
@@ -95,6 +96,29 @@ def parse_address(text: str, name: str = BASE) -> int:
     else:
         raise ControlValueError(
             f"{name}: {text!r} is not a decimal or 0x hexadecimal address")
+    if value >= ADDRESS_LIMIT:
+        raise ControlValueError(f"{name}: {text!r} is not below 2**64")
+    return value
+
+
+def parse_quantity(text: str, name: str) -> int:
+    """An address, offset or length as given on a command line: like
+    :func:`parse_address`, with an optional binary suffix K, M, G or T (``4K`` = 4096).
+
+    >>> parse_quantity("0x10", "offset"), parse_quantity("4K", "length")
+    (16, 4096)
+
+    :raises ControlValueError: for anything else, or a value ``>= 2**64``.
+    """
+    suffix = text[-1:].lower()
+    scale = _SCALE.get(suffix)
+    if scale is None:
+        return parse_address(text, name)
+    try:
+        value = parse_address(text[:-1], name) * scale
+    except ControlValueError:
+        raise ControlValueError(f"{name}: {text!r} is not a decimal or 0x hexadecimal "
+                                "number with an optional K/M/G/T suffix") from None
     if value >= ADDRESS_LIMIT:
         raise ControlValueError(f"{name}: {text!r} is not below 2**64")
     return value

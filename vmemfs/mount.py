@@ -55,6 +55,7 @@ bytes) at MOUNTPOINT: MOUNTPOINT/mem, MOUNTPOINT/extents/, MOUNTPOINT/.ctl/.
 
 options (-o, comma-separated, may be repeated):
   address=A, offset=O, length=N   place a raw SOURCE's bytes [O, O+N) at address A
+                                  (decimal or 0x hex, optional K/M/G/T suffix)
   physical                        ELF: place loads at p_paddr instead of p_vaddr
   base=A                          the address shown at offset 0 of mem
   wordsize=32|64|unset            word size of the map (overrides SOURCE's)
@@ -173,7 +174,7 @@ def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) ->
 
 def _set_value_option(options: MountOptions, name: str, value: str) -> None:
     if name in ("address", "offset", "length"):
-        setattr(options, name, ctl.parse_address(value, name))
+        setattr(options, name, ctl.parse_quantity(value, name))
     elif name == "base":
         options.base = ctl.parse_base(value)
     elif name in (ctl.WORDSIZE, ctl.ENDIAN):
