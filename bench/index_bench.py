@@ -768,8 +768,8 @@ def main() -> None:
                          f"{m.traced / 1e6:.2f} MB", f"{m.per_piece:.1f}", m.note)
                         for m in memory_runs]),
         "",
-        "vmemfs's figure includes its write buffer (a `SortedDict` of up to 1/32 of the "
-        "pieces) as it stands after the last insert; the flushed arrays take 28 B per piece.",
+        "vmemfs's figure includes its write buffer (the pieces inserted since the last "
+        "merge) as it stands after the last insert; the merged arrays take 28 B per piece.",
         "",
         f"#### Lookups (`random` workload, {lookup_size:,} mappings)", "",
         markdown_table(("implementation", "random lookups", "sorted lookups",
