@@ -130,6 +130,7 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     throughput = [name for name in results if name.startswith("dd")]
     random_reads = [name for name in results if name.startswith("fio")]
@@ -142,13 +143,15 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
         xs = np.arange(len(random_reads)) + k * width
         right.bar(xs, [results[name][system] / 1e3 for name in random_reads], width,
                   label=system)
-    for axis, names, unit in ((left, throughput, "GB/s (log)"),
-                              (right, random_reads, "thousand reads/s (log)")):
+    for axis, names, unit in ((left, throughput, "GB/s"),
+                              (right, random_reads, "thousand reads/s (log scale)")):
         axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
         axis.set_xticklabels(names, fontsize="small")
         axis.set_ylabel(unit)
-        axis.set_yscale("log")
         axis.grid(True, axis="y", which="both", alpha=0.3)
+    right.set_yscale("log")
+    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_minor_formatter(NullFormatter())
     left.set_title("sequential reads (dd)")
     right.set_title("random 4 KiB reads (fio, psync)")
     left.legend(fontsize="small")
