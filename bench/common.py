@@ -184,12 +184,21 @@ def fmt_bytes_rate(bytes_per_second: float) -> str:
     return fmt_rate(bytes_per_second, "B/s")
 
 
+def fmt_number(value: float) -> str:
+    """Three significant digits, with thousands separators from 1,000 on."""
+    if value != value:
+        return "n/a"
+    if value >= 1000:
+        return f"{float(f'{value:.3g}'):,.0f}"
+    return f"{value:.3g}"
+
+
 def fmt_ratio(value: float) -> str:
     """A ratio: ``0.42×`` or ``1.2e+03×``."""
     if value != value:
         return "n/a"
     if value >= 1000:
-        return f"{value:.3g}×".replace("e+0", "e").replace("e+", "e")
+        return f"{fmt_number(value)}×"
     return f"{value:.3g}×" if value >= 0.01 else f"{value:.2g}×"
 
 
@@ -255,10 +264,11 @@ class Target:
     def row(self) -> tuple[str, str, str, str]:
         """A row of the targets table: name, measured, goal, verdict."""
         sign = "≥" if self.higher_is_better else "≤"
-        measured = f"{self.measured:.3g} {self.unit}"
+        measured = f"{fmt_number(self.measured)} {self.unit}"
         if self.note:
             measured += f" ({self.note})"
-        return (self.name, measured, f"{sign} {self.goal:.3g} {self.unit}", self.verdict())
+        return (self.name, measured, f"{sign} {fmt_number(self.goal)} {self.unit}",
+                self.verdict())
 
 
 def print_target(target: Target) -> None:
