@@ -596,21 +596,33 @@ def find_run(runs: list[InsertRun], implementation: str, size: int) -> InsertRun
     return None
 
 
-def main() -> None:
-    args = part_arguments(__doc__.splitlines()[0])
-    size_name = args.size
-    began = time.perf_counter()
-    section = Section("index_bench", "Segment index", command_line("index_bench", size_name))
+@dataclass
+class Results:
+    """Everything one run of this part measured."""
+
+    size_name: str
+    target_size: int
+    lookup_size: int
+    gate_lines: list[str] = field(default_factory=list)
+    inserts: dict[str, list[InsertRun]] = field(default_factory=dict)
+    memory: list[MemoryRun] = field(default_factory=list)
+    lookups: list[LookupRun] = field(default_factory=list)
+    vectorised_rate: float = float("nan")
+    plain_runs: list[float] = field(default_factory=list)
+    share: FlushShare | None = None
+    profile: str = ""
+
+    @property
+    def random_runs(self) -> list[InsertRun]:
+        return self.inserts["random"]
+
+
+def measure_inserts(results: Results,
+                    kept: dict[str, IndexUnderTest]) -> Workload:
+    """Run every implementation up every workload's ladder; returns the largest ``random``."""
+    size_name = results.size_name
     sizes = LADDER[size_name]
-    target_size = TARGET_SIZE if TARGET_SIZE in sizes else sizes[-1]
-    lookup_size = LOOKUP_SIZE[size_name]
-
-    log(f"correctness gate at {GATE_SIZE[size_name]:,} mappings")
-    gate_lines = correctness_gate(GATE_SIZE[size_name])
-
-    all_runs: dict[str, list[InsertRun]] = {}
-    kept: dict[str, IndexUnderTest] = {}
-    workloads_at: dict[str, dict[int, Workload]] = {}
+    random_largest: Workload | None = None
     for workload_name, make_workload in WORKLOADS.items():
         log(f"inserts: {workload_name}")
         ladder = sizes if workload_name == "random" else OTHER_LADDER[size_name]
@@ -619,43 +631,49 @@ def main() -> None:
             workload_of = {size: largest for size in ladder}
         else:
             workload_of = {size: make_workload(size) for size in ladder}
-        workloads_at[workload_name] = workload_of
         if workload_name == "random":
-            budgets = {size: TARGET_BUDGET[size_name] if size == target_size
+            random_largest = workload_of[ladder[-1]]
+            budgets = {size: TARGET_BUDGET[size_name] if size == results.target_size
                        else BUDGET[size_name] for size in ladder}
+            keep_at: int | None = results.lookup_size
         else:
             budgets = dict.fromkeys(ladder, OTHER_BUDGET[size_name])
+            keep_at = None
         runs: list[InsertRun] = []
         for name in IMPLEMENTATIONS:
-            runs += run_ladder(name, workload_of, ladder, budgets,
-                               lookup_size if workload_name == "random" else None, kept)
-        all_runs[workload_name] = runs
+            runs += run_ladder(name, workload_of, ladder, budgets, keep_at, kept)
+        results.inserts[workload_name] = runs
+    assert random_largest is not None
+    return random_largest
 
-    random_runs = all_runs["random"]
-    random_largest = workloads_at["random"][sizes[-1]]
 
-    # Memory: every implementation at the lookup size (portion at its gate size).
+def measure_memory_phase(results: Results, random_largest: Workload) -> None:
+    """Every implementation at the lookup size (``portion`` at its gate size)."""
     log("memory")
-    memory_runs = []
+    lookup_size = results.lookup_size
     for name in IMPLEMENTATIONS:
         count = lookup_size
         note = ""
         if name == "portion":
             count = PORTION_GATE_SIZE
-            note = "built to 1,000 (slower assignment)"
+            note = f"built to {PORTION_GATE_SIZE:,} (slower assignment)"
         elif name not in ("vmemfs", "rebuild"):
-            run = find_run(random_runs, name, lookup_size)
+            run = find_run(results.random_runs, name, lookup_size)
             if run is not None and not run.finished:
-                count = max(r.size for r in random_runs
+                count = max(r.size for r in results.random_runs
                             if r.implementation == name and r.finished)
                 note = f"built to {count:,} (over budget at {lookup_size:,})"
-        memory_runs.append(measure_memory(name, _prefix(random_largest, count), note))
-    if sizes[-1] > lookup_size:
-        memory_runs.append(measure_memory("vmemfs", random_largest))
+        results.memory.append(measure_memory(name, _prefix(random_largest, count), note))
+    if len(random_largest) > lookup_size:
+        results.memory.append(measure_memory("vmemfs", random_largest))
 
-    # Lookups on the random workload at the lookup size.
+
+def measure_lookup_phase(results: Results, random_largest: Workload,
+                         kept: dict[str, IndexUnderTest]) -> None:
+    """Lookups and range resolution on the ``random`` workload at the lookup size."""
+    lookup_size = results.lookup_size
+    count_of_lookups = LOOKUP_COUNT[results.size_name]
     log(f"lookups at {lookup_size:,} mappings")
-    lookup_runs = []
     lookup_workload = _prefix(random_largest, lookup_size)
     for name in IMPLEMENTATIONS:
         index = kept.get(name)
@@ -664,63 +682,59 @@ def main() -> None:
             index = build(RebuildIndex(deferred=True), lookup_workload)
             note = "layout built once (same layout as after each insert)"
         elif index is None:
-            count = max((r.size for r in random_runs
+            count = max((r.size for r in results.random_runs
                          if r.implementation == name and r.finished), default=1_000)
             index = build(IMPLEMENTATIONS[name](), _prefix(random_largest, count))
             note = f"built to {count:,} mappings (inserts too slow for more)"
-        lookup_runs.append(measure_lookups(name, index, lookup_size, lookup_workload,
-                                           LOOKUP_COUNT[size_name],
-                                           LOOKUP_BUDGET[size_name], note))
-    vectorised = vectorised_lookup_rate(kept["vmemfs"], lookup_workload,  # type: ignore[arg-type]
-                                        LOOKUP_COUNT[size_name])
-    kept.clear()
+        results.lookups.append(measure_lookups(name, index, lookup_size, lookup_workload,
+                                               count_of_lookups,
+                                               LOOKUP_BUDGET[results.size_name], note))
+    vmemfs_index = kept["vmemfs"]
+    assert isinstance(vmemfs_index, VmemfsIndex)
+    results.vectorised_rate = vectorised_lookup_rate(vmemfs_index, lookup_workload,
+                                                     count_of_lookups)
 
-    # Targets.
-    def mean_of(name: str, size: int) -> tuple[float, str]:
-        run = find_run(random_runs, name, size)
+
+def check_targets(section: Section, results: Results, random_largest: Workload) -> None:
+    """Add the index targets to the section (timing 1e6 plain inserts if in the ladder)."""
+    target_size = results.target_size
+
+    def mean_of(name: str) -> tuple[float, str]:
+        run = find_run(results.random_runs, name, target_size)
         if run is None:
             return float("nan"), "not run"
         return run.mean, "extrapolated" if "extrapolated" in run.note else "measured"
 
-    vmemfs_mean, _ = mean_of("vmemfs", target_size)
+    vmemfs_mean, _ = mean_of("vmemfs")
     at = f"at {target_size:,}"
     if target_size != TARGET_SIZE:
         at += f" (goal is stated at {TARGET_SIZE:,})"
     for peer, goal in (("intervaltree", 10.0), ("portion", 10.0), ("rebuild", 1000.0)):
-        peer_mean, how = mean_of(peer, target_size)
+        peer_mean, how = mean_of(peer)
         section.add_target(Target(
             f"insert speed-up over {peer}", peer_mean / vmemfs_mean, goal, "×",
             note=f"{at}; {peer} {how}"))
-    top = sizes[-1]
+    top = len(random_largest)
     if top >= 1_000_000:
-        plain_runs = [_plain_insert_seconds(random_largest) for _ in range(PLAIN_RUNS)]
-        plain = float(np.median(plain_runs))
-        section.add_target(Target(f"{top:,} inserts (wall time)", plain, 10.0, "s",
+        results.plain_runs = [_plain_insert_seconds(random_largest) for _ in range(PLAIN_RUNS)]
+        section.add_target(Target(f"{top:,} inserts (wall time)",
+                                  float(np.median(results.plain_runs)), 10.0, "s",
                                   higher_is_better=False,
                                   note=f"random workload, median of {PLAIN_RUNS}"))
-    else:
-        plain = float("nan")
-    vmemfs_memory = [m for m in memory_runs if m.implementation == "vmemfs"]
+    vmemfs_memory = [m for m in results.memory if m.implementation == "vmemfs"]
     worst_memory = max(vmemfs_memory, key=lambda m: m.per_piece)
     section.add_target(Target("index memory per piece", worst_memory.per_piece, 64.0, "B",
                               higher_is_better=False,
                               note=f"tracemalloc, {worst_memory.size:,} mappings"))
-
-    profile = ""
-    share: FlushShare | None = None
     if any(not t.met for t in section.targets):
         log("a target was missed: profiling vmemfs inserts")
-        share = flush_share(random_largest)
-        profile = profile_inserts(random_largest, target_size)
+        results.share = flush_share(random_largest)
+        results.profile = profile_inserts(random_largest, target_size)
 
-    # Report.
-    out = args.out
-    figure = "perf/index_inserts.png"
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        plot_inserts(all_runs, out / "index_inserts.png")
-        section.figures.append(figure)
 
+def report(results: Results, figure: str | None) -> str:
+    """The section's Markdown."""
+    size_name, target_size = results.size_name, results.target_size
     parts = [
         "Every implementation does the same override work: mappings are inserted one at a "
         "time, a later one winning where they overlap. `rebuild` is the original design "
@@ -730,21 +744,21 @@ def main() -> None:
         "`portion` assigns into an `IntervalDict`.",
         "",
         "**Correctness gate** (same flattened layout as vmemfs): "
-        + "; ".join(gate_lines) + ".",
+        + "; ".join(results.gate_lines) + ".",
         "",
         f"Time budget per implementation and size: {BUDGET[size_name]:g} s on `random` "
         f"({TARGET_BUDGET[size_name]:g} s at {target_size:,}), "
         f"{OTHER_BUDGET[size_name]:g} s on the others. Means marked * are extrapolated "
         "from the inserts that did finish (a power-law fit of per-insert cost against "
-        "the number of mappings already inserted); p50/p99/max are of the measured "
-        "inserts only. vmemfs's p99 and max include the periodic merges of its write "
-        "buffer into the arrays.",
+        "the number of mappings already inserted; for `rebuild`, single rebuilds timed "
+        "at the sizes named); p50/p99/max are of the measured inserts only. vmemfs's p99 "
+        "and max include the periodic merges of its write buffer into the arrays.",
         "",
     ]
-    if out is not None:
+    if figure is not None:
         parts += [f"![insert cost against N]({figure})", ""]
     speedups = []
-    for workload_name, runs in all_runs.items():
+    for workload_name, runs in results.inserts.items():
         parts += [f"#### Inserts: `{workload_name}`", "", insert_table(runs), ""]
         mine = find_run(runs, "vmemfs", target_size)
         for peer in IMPLEMENTATIONS:
@@ -757,49 +771,79 @@ def main() -> None:
                                  fmt_ratio(theirs.mean / mine.mean) + label))
     parts += [f"#### vmemfs speed-up per insert at {target_size:,} mappings", "",
               markdown_table(("workload", "against", "vmemfs faster by"), speedups), ""]
-    if plain == plain:
-        parts += [f"{top:,} `random` inserts without per-insert clocks, {PLAIN_RUNS} runs: "
-                  + ", ".join(f"{t:.2f} s" for t in plain_runs) + ".", ""]
+    if results.plain_runs:
+        top = max(r.size for r in results.random_runs)
+        parts += [f"{top:,} `random` inserts without per-insert clocks, "
+                  f"{len(results.plain_runs)} runs: "
+                  + ", ".join(f"{t:.2f} s" for t in results.plain_runs) + ".", ""]
     parts += [
         "#### Memory (tracemalloc around building the structure, `random` workload)", "",
         markdown_table(("implementation", "mappings", "pieces", "traced", "bytes per piece",
                         "note"),
                        [(m.implementation, f"{m.size:,}", f"{m.pieces:,}",
                          f"{m.traced / 1e6:.2f} MB", f"{m.per_piece:.1f}", m.note)
-                        for m in memory_runs]),
+                        for m in results.memory]),
         "",
         "vmemfs's figure includes its write buffer (the pieces inserted since the last "
         "merge) as it stands after the last insert; the merged arrays take 28 B per piece.",
         "",
-        f"#### Lookups (`random` workload, {lookup_size:,} mappings)", "",
+        f"#### Lookups (`random` workload, {results.lookup_size:,} mappings)", "",
         markdown_table(("implementation", "random lookups", "sorted lookups",
                         "resolve 4 KiB", "resolve 128 KiB", "note"),
                        [(r.implementation, fmt_rate(r.random_rate), fmt_rate(r.sorted_rate),
                          fmt_us(r.resolve_4k), fmt_us(r.resolve_128k), r.note)
-                        for r in lookup_runs]),
+                        for r in results.lookups]),
         "",
         f"Lookups are single `lookup(address)` calls in a Python loop. A vectorised batch "
         f"through `SegmentIndex.arrays()` and one `numpy.searchsorted` runs at "
-        f"{fmt_rate(vectorised)}.",
+        f"{fmt_rate(results.vectorised_rate)}.",
         "",
     ]
-    if profile:
+    if results.profile:
         parts += ["#### Where vmemfs's insert time goes (a target was missed)", ""]
-        if share is not None:
-            parts += [share.line(), ""]
+        if results.share is not None:
+            parts += [results.share.line(), ""]
         parts += [f"cProfile of {target_size:,} `random` inserts (sorted by own time):", "",
-                  "```", profile.strip(), "```", ""]
+                  "```", results.profile.strip(), "```", ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    args = part_arguments(__doc__.splitlines()[0])
+    size_name = args.size
+    began = time.perf_counter()
+    section = Section("index_bench", "Segment index", command_line("index_bench", size_name))
+    sizes = LADDER[size_name]
+    results = Results(size_name,
+                      target_size=TARGET_SIZE if TARGET_SIZE in sizes else sizes[-1],
+                      lookup_size=LOOKUP_SIZE[size_name])
+
+    log(f"correctness gate at {GATE_SIZE[size_name]:,} mappings")
+    results.gate_lines = correctness_gate(GATE_SIZE[size_name])
+    kept: dict[str, IndexUnderTest] = {}
+    random_largest = measure_inserts(results, kept)
+    measure_memory_phase(results, random_largest)
+    measure_lookup_phase(results, random_largest, kept)
+    kept.clear()
+    check_targets(section, results, random_largest)
+
+    figure = None
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot_inserts(results.inserts, args.out / "index_inserts.png")
+        figure = "perf/index_inserts.png"
+        section.figures.append(figure)
+    section.markdown = report(results, figure)
     section.data = {
         "inserts": [{"implementation": r.implementation, "workload": r.workload,
                      "size": r.size, "done": r.done, "mean_us": r.mean, "note": r.note,
                      "p50_us": r.spread.p50, "p99_us": r.spread.p99, "max_us": r.spread.max}
-                    for runs in all_runs.values() for r in runs],
+                    for runs in results.inserts.values() for r in runs],
         "memory": [{"implementation": m.implementation, "size": m.size, "pieces": m.pieces,
-                    "traced": m.traced} for m in memory_runs],
+                    "traced": m.traced} for m in results.memory],
     }
-    section.markdown = "\n".join(parts)
     section.seconds = time.perf_counter() - began
-    finish_part(section, out)
+    finish_part(section, args.out)
 
 
 def _prefix(workload: Workload, size: int) -> Workload:
