@@ -291,7 +291,7 @@ def run_ladder(name: str, workload_of: dict[int, Workload], sizes: tuple[int, ..
             run.mean = growth.mean_at(size)
             run.note = (f"{run.done:,} of {size:,} in the {budget:g} s budget; "
                         f"mean extrapolated ({how})")
-        if keep_at == size:
+        if keep_at == size and run.done == size:
             kept[name] = index
         del index
         log(f"  {name:12} {workload.name:9} {size:>9,}: {run.done:>9,} done in "
