@@ -15,7 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,3 +192,20 @@ def sh(script: str, *, user: str | None = None) -> subprocess.CompletedProcess[b
     """Run a ``bash -c`` script, as :func:`run_tool` does (bash, because dash reports
     every failed ``echo`` as "I/O error" instead of the errno's text)."""
     return run_tool("bash", "-c", script, user=user)
+
+
+@contextmanager
+def traversable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory other users can traverse (pytest's temporary folders are 0700).
+
+    On the way out, whatever is still mounted inside is lazily unmounted first.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for entry in path.iterdir():
+            if os.path.ismount(entry):
+                subprocess.run(["fusermount3", "-u", "-z", str(entry)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)

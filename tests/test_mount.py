@@ -12,12 +12,10 @@ import os
 import pwd
 import random
 import re
-import shutil
 import signal
 import stat
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from mounting import (
     processes_mentioning,
     run_tool,
     sh,
+    traversable_dir,
     unmount,
     wait_for,
 )
@@ -186,15 +185,8 @@ def write_mapfile(path: Path, tables: list[str], header: str = "") -> Path:
 @pytest.fixture(scope="module")
 def world_dir() -> Iterator[Path]:
     """A directory other users can traverse (pytest's own temporary folders are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="vmemfs-test-"))
-    path.chmod(0o755)
-    try:
+    with traversable_dir("vmemfs-test-") as path:
         yield path
-    finally:
-        for entry in path.iterdir():
-            if os.path.ismount(entry):
-                subprocess.run(["fusermount3", "-u", "-z", str(entry)], capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # ==================================================================== a random map

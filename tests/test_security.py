@@ -13,11 +13,9 @@ import errno
 import json
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,15 @@ from artifacts.craft import Segment, build_elf
 from conftest import Mounts
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mounting import HELPER, Mount, mount_unavailable, processes_mentioning, run_tool, unmount
+from mounting import (
+    HELPER,
+    Mount,
+    mount_unavailable,
+    processes_mentioning,
+    run_tool,
+    traversable_dir,
+    unmount,
+)
 
 from vmemfs import MemoryMap
 from vmemfs import layout as tree
@@ -91,15 +97,8 @@ def shared_dir() -> Iterator[Path]:
     reason = mount_unavailable()
     if reason:
         pytest.skip(reason)
-    path = Path(tempfile.mkdtemp(prefix="vmemfs-security-"))
-    path.chmod(0o755)
-    try:
+    with traversable_dir("vmemfs-security-") as path:
         yield path
-    finally:
-        for entry in path.iterdir():
-            if os.path.ismount(entry):
-                subprocess.run(["fusermount3", "-u", "-z", str(entry)], capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def shared_source(directory: Path) -> tuple[Path, bytes]:
