@@ -541,9 +541,6 @@ class _TopLayer:
         self.firsts: list[int] = []
         self.values: dict[int, tuple[int, int, int]] = {}
 
-    def __len__(self) -> int:
-        return len(self.values)
-
     def clear(self) -> None:
         self.blocks.clear()
         self.firsts.clear()

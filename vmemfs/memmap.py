@@ -694,13 +694,6 @@ class MemoryMap:
         return [(p.start, p.end, sources[p.source], p.offset)
                 for p in self._index.resolve(start, end)]
 
-    def source_of(self, address: int) -> tuple[Source, int] | None:
-        """The source and source offset serving ``address``, or ``None`` for a hole."""
-        piece = self._index.lookup(address)
-        if piece is None:
-            return None
-        return self._sources[piece.source], piece.offset + address - piece.start
-
     def __repr__(self) -> str:
         return (f"<MemoryMap {self._mapping_count} mappings, "
                 f"{len(self._index.extents())} extents, wordsize={self._wordsize}, "
