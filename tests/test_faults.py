@@ -7,6 +7,7 @@ behind on purpose clear it in ``finally`` (:func:`clear_dead_mount`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import os
@@ -152,16 +153,16 @@ def test_truncated_under_a_cached_extent(mounts: Mounts, pair: Pair) -> None:
 
 
 RACE_SECONDS = 8.0
-PAGE = 4096
 
 
 @pytest.mark.slow
 def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
     """A backing file cut and restored again and again under concurrent readers of
     ``mem`` and of its extent: the daemon never dies of SIGBUS, and a read gives a prefix
-    of the right bytes (short, or EIO), never other bytes, except zeros from a cut to the
-    end of its page: the kernel zeroes that part of the page when it truncates, and a
-    ``read(2)`` of the backing file itself can return them in the same race."""
+    of the right bytes (short, or EIO), never other bytes, except zeros that begin at a
+    cut: the kernel zeroes the rest of the page-cache folio holding the cut when it
+    truncates (several pages with ext4's large folios), and a ``read(2)`` of the backing
+    file itself returns the same zeros in the same race."""
     size = 1 << 20
     original = random.Random(5).randbytes(size)
     backing = tmp_path / "racing.bin"
@@ -172,7 +173,8 @@ def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
     deadline = time.monotonic() + RACE_SECONDS
     counts: Counter[str] = Counter()
     wrong: list[str] = []
-    zeroed: list[tuple[int, int]] = []
+    zeroed: list[tuple[int, int, int]] = []
+    cut_at: list[int] = []
 
     def reader(path: Path, seed: int) -> None:
         rng = random.Random(seed)
@@ -193,11 +195,11 @@ def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
                     differ = got != np.frombuffer(expected, np.uint8)
                     where = np.flatnonzero(differ)
                     first, last = offset + int(where[0]), offset + int(where[-1])
-                    if got[differ].any() or first // PAGE != last // PAGE:
+                    if got[differ].any():
                         wrong.append(f"{path.name} pread({offset}, {length}): "
                                      f"{len(where)} bytes differ from {first} to {last}")
                     else:
-                        zeroed.append((first, last))
+                        zeroed.append((offset, first, last))  # checked below
         finally:
             os.close(fd)
 
@@ -212,6 +214,7 @@ def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
         with open(backing, "r+b", buffering=0) as file:
             while time.monotonic() < deadline:
                 cut = rng.randrange(size)
+                cut_at.append(cut)
                 os.ftruncate(file.fileno(), cut)
                 os.pwrite(file.fileno(), original[cut:], cut)
                 cuts += 1
@@ -219,8 +222,16 @@ def test_truncation_racing_readers(mounts: Mounts, tmp_path: Path) -> None:
         for thread in threads:
             thread.join(timeout=RACE_SECONDS + 60)
     print(f"\ntruncation race: {cuts} cuts, reads {dict(counts)}, "
-          f"{len(zeroed)} with zeros in the page of a cut")
+          f"{len(zeroed)} with zeros from a cut")
     assert wrong == []
+    cuts_sorted = sorted(cut_at)
+    for offset, first, last in zeroed:
+        # The zeros begin at a cut (the nearest cut at or below them, with only bytes that
+        # were zero anyway in between), or the read began inside zeros after a cut.
+        below = bisect.bisect_right(cuts_sorted, first)
+        assert below > 0, (offset, first, last)
+        nearest = cuts_sorted[below - 1]
+        assert first == offset or not any(original[nearest:first]), (offset, first, last)
     assert mount.alive()
     assert set(counts) <= {"full", "short", "EIO"}, counts
     assert counts["full"] > 0 and counts["EIO"] + counts["short"] > 0
