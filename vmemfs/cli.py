@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 from vmemfs import ctl
-from vmemfs.errors import HoleError, NoEndianError, NoWordsizeError
+from vmemfs.errors import (
+    HoleError,
+    NoEndianError,
+    NoWordsizeError,
+    one_line,
+    os_error_message,
+)
 from vmemfs.index import ADDRESS_LIMIT
 from vmemfs.progress import ProgressBar, format_size
 
@@ -98,7 +104,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = f" (see '{self.prog} --help')"
-        self.exit(EXIT_USAGE, f"{PROGRAM}: error: {_one_line(message)}{hint}\n")
+        self.exit(EXIT_USAGE, f"{PROGRAM}: error: {one_line(message)}{hint}\n")
 
 
 # -------------------------------------------------------------------- argument types
@@ -207,21 +213,12 @@ def open_map(source: str, settings: SourceSettings) -> MemoryMap:
         memmap = open_source(source, address=settings.address, offset=settings.offset,
                              length=settings.length, physical=settings.physical)
     except OSError as error:
-        raise CommandError(_os_message(error, source), EXIT_INPUT) from None
+        raise CommandError(os_error_message(error, source), EXIT_INPUT) from None
     except ValueError as error:  # FormatError included
-        raise CommandError(_one_line(str(error)), EXIT_INPUT) from None
+        raise CommandError(one_line(error), EXIT_INPUT) from None
     for name, value in settings.overrides.items():
         setattr(memmap, name, value)
     return memmap
-
-
-def _os_message(error: OSError, default_name: str) -> str:
-    name = error.filename if error.filename is not None else default_name
-    return f"{os.fsdecode(name)}: {error.strerror or _one_line(str(error))}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # -------------------------------------------------------------------- info
@@ -450,7 +447,7 @@ def command_save(args: argparse.Namespace) -> int:
         try:
             save(memmap, args.out, progress=bar.update)
         except OSError as error:
-            raise CommandError(_os_message(error, args.out), EXIT_INPUT) from None
+            raise CommandError(os_error_message(error, args.out), EXIT_INPUT) from None
     return EXIT_OK
 
 
@@ -631,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     sys.stdout.flush()
-    sys.stderr.write(f"{PROGRAM}: error: {_one_line(message)}\n")
+    sys.stderr.write(f"{PROGRAM}: error: {one_line(message)}\n")
     sys.stderr.flush()
 
 

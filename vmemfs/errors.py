@@ -1,6 +1,8 @@
-"""The exceptions vmemfs raises, in one place."""
+"""The exceptions vmemfs raises, in one place, and the one-line messages made of them."""
 
 from __future__ import annotations
+
+import os
 
 
 class HoleError(LookupError):
@@ -34,3 +36,16 @@ class FormatError(ValueError):
 
     The message is one line that names the file and what is wrong with it.
     """
+
+
+def one_line(text: object) -> str:
+    """``str(text)`` with every run of whitespace, newlines included, made one space:
+    an error message fit for one line of output."""
+    return " ".join(str(text).split())
+
+
+def os_error_message(error: OSError, default_name: str | os.PathLike[str]) -> str:
+    """One line for ``error``: the file it names (else ``default_name``), a colon, and
+    the reason (``strerror``, else the whole message)."""
+    name = error.filename if error.filename is not None else default_name
+    return f"{os.fsdecode(name)}: {error.strerror or one_line(error)}"

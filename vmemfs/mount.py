@@ -35,6 +35,7 @@ import pyfuse3
 import trio
 
 from vmemfs import ctl
+from vmemfs.errors import one_line, os_error_message
 from vmemfs.fs import Operations
 from vmemfs.layout import Layout
 
@@ -289,10 +290,9 @@ def open_map(invocation: Invocation) -> Any:
         memory_map = open_source(source, address=options.address, offset=options.offset,
                                  length=options.length, physical=options.physical)
     except OSError as error:  # the source, or a file a map file names
-        name = os.fsdecode(error.filename) if error.filename is not None else source
-        raise UsageError(f"{name}: {error.strerror or error}") from None
+        raise UsageError(os_error_message(error, source)) from None
     except ValueError as error:  # FormatError included
-        raise UsageError(_one_line(str(error))) from None
+        raise UsageError(one_line(error)) from None
     named = sorted(set(memory_map.file_names()) - {os.path.abspath(source)})
     try:
         check_trusted(named)
@@ -302,10 +302,6 @@ def open_map(invocation: Invocation) -> Any:
     for name, value in options.controls.items():
         setattr(memory_map, name, value)
     return memory_map
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def choose_base(invocation: Invocation, memory_map: Any, layout_default: int) -> tuple[int, str]:
@@ -610,7 +606,7 @@ def _child(invocation: Invocation, operations: Operations, mountpoint: str,
         os.write(report, str(error).encode("utf-8", "replace"))
         return EXIT_MOUNT_FAILED
     except BaseException as error:
-        os.write(report, f"{type(error).__name__}: {_one_line(str(error))}".encode())
+        os.write(report, f"{type(error).__name__}: {one_line(error)}".encode())
         return EXIT_MOUNT_FAILED
     os.chdir("/")
     _detach_stdio()

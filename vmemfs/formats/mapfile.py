@@ -43,7 +43,7 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vmemfs.errors import FormatError
+from vmemfs.errors import FormatError, one_line
 from vmemfs.index import ADDRESS_LIMIT
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ def _add_table(
         except OSError as error:
             raise FormatError(f"{where}.file: {path}: {error.strerror or error}") from None
         except ValueError as error:
-            raise FormatError(f"{where}.file: {_one_line(error)}") from None
+            raise FormatError(f"{where}.file: {one_line(error)}") from None
     elif kind == "elf":
         path = _data_path(table["elf"], f"{where}.elf", folder, identity)
         physical = value("physical", _parse_bool, False)
@@ -339,21 +339,17 @@ def _add_table(
         except OSError as error:
             raise FormatError(f"{where}.elf: {path}: {error.strerror or error}") from None
         except ValueError as error:
-            raise FormatError(f"{where}.elf: {_one_line(error)}") from None
+            raise FormatError(f"{where}.elf: {one_line(error)}") from None
     else:
         data = value(kind, _parse_hex if kind == "hex" else _parse_text)
         address = value("address", parse_address, _REQUIRED)
         try:
             memmap.add_bytes(data, address)
         except ValueError as error:
-            raise FormatError(f"{where}.{kind}: {_one_line(error)}") from None
+            raise FormatError(f"{where}.{kind}: {one_line(error)}") from None
 
 
 _REQUIRED = object()
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _parse_bool(value: object) -> bool:
