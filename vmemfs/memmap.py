@@ -149,6 +149,45 @@ class MemoryMap:
             added then.
         """
         source, source_id = self._file_source(src)
+        self._add_regions(source, source_id, addresses, offsets, lengths, kind)
+
+    def add_source(self, source: Source, address: int, *, offset: int = 0,
+                   length: int | None = None, kind: str = "source") -> None:
+        """Map ``length`` bytes of any :class:`~vmemfs.sources.Source` from ``offset``.
+
+        The new mapping takes precedence over earlier ones wherever they overlap (as
+        drgn's ``add_memory_segment``).  Bytes the source cannot serve read as holes.
+        ``length`` defaults to the rest of the source.
+
+        Runtime complexity: amortised ``O(log n)``.
+
+        :raises ValueError: if ``offset + length`` passes ``source.size()`` (the message
+            names the source) or the range passes ``2**64``; nothing is added then.
+        """
+        size = source.size()
+        offset = _index(offset, "offset")
+        length = size - offset if length is None else _index(length, "length")
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ValueError(
+                f"{source.name}: offset {offset:#x} + length {length:#x} passes the end of "
+                f"the source ({size:#x} bytes)")
+        self._sources.append(source)
+        self._add(len(self._sources) - 1, address, offset, length, kind)
+
+    def add_source_arrays(self, source: Source, addresses: Sequence[int] | np.ndarray,
+                          offsets: Sequence[int] | np.ndarray,
+                          lengths: Sequence[int] | np.ndarray, *,
+                          kind: str = "source") -> None:
+        """Map many regions of one source at once, as :meth:`add_file_arrays` does.
+
+        :raises ValueError: naming the source and the first bad region; nothing is added.
+        """
+        self._sources.append(source)
+        self._add_regions(source, len(self._sources) - 1, addresses, offsets, lengths, kind)
+
+    def _add_regions(self, source: Source, source_id: int,
+                     addresses: Sequence[int] | np.ndarray, offsets: Sequence[int] | np.ndarray,
+                     lengths: Sequence[int] | np.ndarray, kind: str) -> None:
         try:
             size = source.size()
             address_array = _as_u64(addresses, source.name, "address")
@@ -157,18 +196,19 @@ class MemoryMap:
             if not len(address_array) == len(offset_array) == len(length_array):
                 raise ValueError(f"{source.name}: regions need addresses, offsets and lengths "
                                  "of one count")
-            file_size = np.uint64(size)
-            past_file = (offset_array > file_size) | (
-                length_array > file_size - np.minimum(offset_array, file_size))
+            source_size = np.uint64(size)
+            past_source = (offset_array > source_size) | (
+                length_array > source_size - np.minimum(offset_array, source_size))
             past_top = (length_array > 0) & (
                 length_array - np.uint64(1) > np.uint64(MASK64) - address_array)
-            for bad, what in ((past_file, "the end of the file"), (past_top, "2**64")):
+            noun = "file" if isinstance(source, FileSource) else "source"
+            for bad, what in ((past_source, f"the end of the {noun}"), (past_top, "2**64")):
                 if bool(bad.any()):
                     number = int(np.flatnonzero(bad)[0])
                     raise ValueError(
                         f"{source.name}: region {number}: [{int(address_array[number]):#x}, "
                         f"+{int(length_array[number]):#x}) from offset "
-                        f"{int(offset_array[number]):#x} passes {what} (the file has "
+                        f"{int(offset_array[number]):#x} passes {what} (the {noun} has "
                         f"{size:#x} bytes)")
         except ValueError:
             self._forget_unused(source_id)
@@ -267,6 +307,11 @@ class MemoryMap:
         from vmemfs.formats.save import save
 
         save(self, path, progress=progress)
+
+    @property
+    def volatile(self) -> bool:
+        """Whether any mapped source can change under the reader (live memory)."""
+        return any(self._sources[number].volatile for number in self._used_sources)
 
     def close(self) -> None:
         """Close every backing file.  The map must not be read afterwards."""

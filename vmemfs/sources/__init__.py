@@ -15,6 +15,7 @@ which addresses.  Two ways out:
 
 from __future__ import annotations
 
+import errno
 import io
 import mmap
 import os
@@ -23,15 +24,34 @@ import weakref
 from abc import ABC, abstractmethod
 from typing import BinaryIO
 
+Buffer = memoryview | bytes | bytearray
+"""What a read hands back: bytes, or a zero-copy view of them."""
+
+_UNREADABLE = frozenset((errno.EIO, errno.EFAULT, errno.ENXIO))
+"""Errors of ``pread`` that mean "these bytes cannot be served": a hole, not a failure."""
+
 SourceSpec = str | os.PathLike[str] | bytes | int | BinaryIO
 """What ``add_file`` accepts: a path, a file descriptor or a binary file object."""
 
 
 class Source(ABC):
-    """A readable run of bytes at source offsets ``0 .. size()-1``."""
+    """A readable run of bytes at source offsets ``0 .. size()-1`` (SPEC §1.6).
 
-    name: str
-    """How the source is shown to users: an absolute path, ``fd:N`` or ``<bytes>``."""
+    Subclass it (or follow the same protocol) to map anything with
+    :meth:`vmemfs.MemoryMap.add_source`: a file, bytes, a live process, a compressed dump.
+    Only :meth:`size` and :meth:`read_into` are required.
+
+    Contract of :meth:`read_into`: it copies as many bytes as it can from ``offset`` and
+    returns the count; the count is short where a byte cannot be served (past the end, a
+    page the source left out, an ``EIO``/``EFAULT`` from the operating system).  Bytes it
+    cannot serve read as holes; it raises only for bugs, never for a byte it lacks.
+    """
+
+    name: str = "<source>"
+    """How the source is shown to users: an absolute path, ``fd:N``, ``<bytes>``, ..."""
+
+    volatile: bool = False
+    """The bytes can change under the reader (live memory): nothing read is cached."""
 
     @abstractmethod
     def size(self) -> int:
@@ -39,21 +59,23 @@ class Source(ABC):
 
     @abstractmethod
     def read_into(self, offset: int, buffer: memoryview) -> int:
-        """Copy bytes from ``offset`` into ``buffer``; return the count (short at the end)."""
+        """Copy bytes from ``offset`` into ``buffer``; return the count, short at a hole."""
 
-    @abstractmethod
-    def view(self, offset: int, length: int) -> memoryview:
-        """Zero-copy bytes ``[offset, offset + length)``, clipped to the current size.
+    def view(self, offset: int, length: int) -> Buffer:
+        """Up to ``length`` bytes from ``offset``, short at the first byte not served.
 
-        For kernel consumption only (see the module docstring).
+        Sources that can do it without a copy (an ``mmap`` of a file) return a zero-copy
+        view meant for the kernel only (see the module docstring); the default copies
+        with :meth:`read_into`.
         """
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Copy up to ``length`` bytes from ``offset`` (short at the end)."""
-        buffer = bytearray(length)
+        buffer = bytearray(max(0, length))
         count = self.read_into(offset, memoryview(buffer))
         del buffer[count:]
-        return bytes(buffer)
+        return buffer
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Copy up to ``length`` bytes from ``offset`` (short at the end or a hole)."""
+        return bytes(self.view(offset, length))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the source holds open."""
@@ -77,11 +99,6 @@ class BytesSource(Source):
 
     def view(self, offset: int, length: int) -> memoryview:
         return self._view[offset:offset + length]
-
-    @property
-    def data(self) -> bytes:
-        """The bytes themselves."""
-        return self._data
 
 
 class FileSource(Source):
@@ -114,7 +131,12 @@ class FileSource(Source):
         done = 0
         total = len(buffer)
         while done < total:
-            count = os.preadv(fd, [buffer[done:]], offset + done)
+            try:
+                count = os.preadv(fd, [buffer[done:]], offset + done)
+            except OSError as error:
+                if error.errno in _UNREADABLE:
+                    break
+                raise
             if count <= 0:
                 break
             done += count
@@ -129,8 +151,8 @@ class FileSource(Source):
         map_view = self._map_view
         if map_view is None or offset + length > len(map_view):
             map_view = self._remap(size)
-            if map_view is None:
-                return memoryview(self.pread(offset, length))
+            if map_view is None:  # not mappable (a FUSE file with direct_io, a pipe)
+                return memoryview(super().view(offset, length))
         return map_view[offset:offset + length]
 
     def _remap(self, size: int) -> memoryview | None:
