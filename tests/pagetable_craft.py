@@ -62,7 +62,8 @@ class CraftedTables:
         """The 512 entries of the table at ``address`` (a view: writes go in)."""
         row, rest = divmod(address - self.base, 4096)
         assert rest == 0 and 0 <= row < len(self.memory), hex(address)
-        return self.memory[row]
+        entries: np.ndarray = self.memory[row]
+        return entries
 
     def entry(self, table: int, index: int) -> int:
         return int(self.table(table)[index])
