@@ -345,6 +345,28 @@ def test_a_table_referencing_itself_once_is_walked_as_the_mmu_would() -> None:
     assert view.memmap.read(0, KIB4) == tables.data()[:KIB4]
 
 
+def test_tables_shared_by_many_entries_map_their_pages_at_every_address() -> None:
+    """As KASAN's early shadow: many entries share one lower table (and one page)."""
+    shadow = 0xFFFFEC0000000000
+    leaves = [(shadow + i * KIB4, 0x400000, KIB4) for i in range(512)]    # one zero page
+    leaves += [(TEXT + i * KIB4, 0x200000 + i * KIB4, KIB4) for i in range(3)]
+    virtual, physical_addresses, sizes = zip(*leaves, strict=True)
+    tables = craft_tables(virtual, physical_addresses, sizes)
+    pd = tables.path(shadow, 2)
+    pt = tables.path(shadow, 1)
+    for index in range(1, 40):                     # 40 PD entries share the PT ...
+        tables.set_entry(pd, index, pt | TABLE_FLAGS)
+    pdpt = tables.path(shadow, 3)
+    for index in range(1, 6):                      # ... and 6 PDPT entries share the PD
+        tables.set_entry(pdpt, index, pd | TABLE_FLAGS)
+    physical = physical_with(tables)
+    view = build_virtual_map(physical, top_table=tables.top)
+    assert_matches_reference(physical, view)
+    assert view.leaf_counts[KIB4] == 6 * 40 * 512 + 3
+    assert view.tables_read == 1 + 2 + 1 + 6 + 6 * 40 + 1
+    assert view.mapping_count == 6 * 40 * 512 + 1  # the same page again and again: no merge
+
+
 def test_tables_that_loop_everywhere_stop_with_a_one_line_error() -> None:
     page = np.full(512, 0x10000 | TABLE_FLAGS, dtype=np.uint64)    # every entry: itself
     physical = MemoryMap.of_bytes(page.astype("<u8").tobytes(), 0x10000)

@@ -200,6 +200,8 @@ def test_a_kaslr_dump_through_vmcoreinfo() -> None:
     assert "SYMBOL(init_top_pgt)=ffffffffacc0a000" not in text     # not a wrong sum
     assert f"SYMBOL(init_top_pgt)={TOP_PGT:x}" in text and "4-level" in text
     assert "0 4K + 56 2M + 0 1G pages" in text
+    assert "NUMBER(phys_base) -0x2a000000" in text              # as the kernel printed it
+    assert view.runs() == [(DIRECT, 0, 64 << 20), (TEXT, TEXT_PHYSICAL, 24 * MIB2)]
 
 
 def test_kernel_offset_added_twice_would_miss_the_table() -> None:

@@ -57,10 +57,11 @@ SIZE_NAMES = {1 << 12: "4K", 1 << 21: "2M", 1 << 30: "1G"}
 MAX_TABLES = 1 << 22
 """Default bound on table visits (4,194,304: 16 GiB of tables, enough to map 8 TiB with
 4 KiB pages); a walk that needs more is an error, not a hang."""
-MAX_RUNS = 1 << 24
-"""Default bound on merged runs (16,777,216)."""
+MAX_RUNS = 1 << 22
+"""Default bound on merged runs (4,194,304; a 4 GiB guest has about 20,000)."""
 BATCH_TABLES = 1024
-"""Tables read and classified per numpy batch (a 4 MiB buffer)."""
+"""Table visits per numpy batch (at most a 4 MiB buffer of distinct tables, and at most
+512 entries per visit of output)."""
 
 _MASK64 = (1 << 64) - 1
 _U64 = np.uint64
@@ -161,17 +162,20 @@ def walk_page_tables(physical: MemoryMap, top_table: int, *, levels: int = 4,
         child_bases: list[np.ndarray] = []
         for first in range(0, len(tables), BATCH_TABLES):
             batch = tables[first:first + BATCH_TABLES]
-            if level == levels:
-                entries = top_entries
-            else:
-                entries, missing = _read_batch(physical, batch)
-                missed = int(missing.sum())
-                if missed:
-                    if walk.first_missing_table is None:
-                        walk.first_missing_table = int(batch[np.flatnonzero(missing)[0]])
-                    walk.missing_tables += missed
-            walk.tables_read += len(batch)
             batch_bases = bases[first:first + BATCH_TABLES]
+            walk.tables_read += len(batch)
+            # Each distinct table of the batch is read and classified once; its entries
+            # are then repeated for every visit, so shared tables cost their output only.
+            if level == levels:
+                entries, visit_table = top_entries, np.zeros(1, dtype=np.intp)
+            else:
+                unique, visit_table = np.unique(batch, return_inverse=True)
+                entries, missing = _read_tables(physical, unique)
+                if bool(missing.any()):
+                    missed = missing[visit_table]
+                    if walk.first_missing_table is None:
+                        walk.first_missing_table = int(batch[np.flatnonzero(missed)[0]])
+                    walk.missing_tables += int(np.count_nonzero(missed))
 
             present = (entries & _U64(PRESENT)) != 0
             large = (entries & _U64(PAGE_SIZE_FLAG)) != 0
@@ -181,17 +185,16 @@ def walk_page_tables(physical: MemoryMap, top_table: int, *, levels: int = 4,
                 leaf, child = present & large, present & ~large
             else:
                 leaf, child = None, present & ~large
-                walk.reserved_entries += int(np.count_nonzero(present & large))
+                reserved = np.count_nonzero(present & large, axis=1)
+                walk.reserved_entries += int(reserved[visit_table].sum())
 
             if leaf is not None:
-                rows, columns = np.nonzero(leaf)
-                if len(rows):
+                virtual, values = _expand(leaf, entries, visit_table, batch_bases, shift)
+                if len(virtual):
                     assert leaf_size is not None
-                    walk.leaf_counts[leaf_size] += len(rows)
-                    virtual = batch_bases[rows] + (columns.astype(np.uint64) << shift)
-                    physical_addresses = entries[rows, columns] & (mask & ~_U64(leaf_size - 1))
-                    merged = merge_runs(virtual, physical_addresses,
-                                        np.full(len(rows), leaf_size, dtype=np.uint64))
+                    walk.leaf_counts[leaf_size] += len(virtual)
+                    merged = merge_runs(virtual, values & (mask & ~_U64(leaf_size - 1)),
+                                        np.full(len(virtual), leaf_size, dtype=np.uint64))
                     run_parts.append(merged)
                     run_count += len(merged[0])
                     if run_count > max_runs:
@@ -199,14 +202,13 @@ def walk_page_tables(physical: MemoryMap, top_table: int, *, levels: int = 4,
                             f"{name}: page tables at physical address {top_table:#x}: more "
                             f"than {max_runs} runs of pages: not a kernel's page tables?")
             if child is not None:
-                rows, columns = np.nonzero(child)
-                if len(rows):
-                    virtual = batch_bases[rows] + (columns.astype(np.uint64) << shift)
+                virtual, values = _expand(child, entries, visit_table, batch_bases, shift)
+                if len(virtual):
                     if level == levels:
                         virtual = _sign_extend(virtual, levels)
-                    child_tables.append(entries[rows, columns] & mask)
+                    child_tables.append(values & mask)
                     child_bases.append(virtual)
-                    visits += len(rows)
+                    visits += len(virtual)
                     if visits > max_tables:
                         raise FormatError(
                             f"{name}: page tables at physical address {top_table:#x}: more "
@@ -316,17 +318,34 @@ def _sign_extend(virtual: np.ndarray, levels: int) -> np.ndarray:
     return np.where(upper, virtual | high, virtual)
 
 
-def _read_batch(physical: MemoryMap, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entries ``(len(tables), 512)`` of the tables at ``tables``, each read once.
+def _expand(selected: np.ndarray, entries: np.ndarray, visit_table: np.ndarray,
+            bases: np.ndarray, shift: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """The selected entries of every visit: ``(virtual addresses, entry values)``.
 
-    A table reached twice in the batch is read once.  Rows of tables not wholly in the
-    physical map are zero (no entry present); ``missing`` flags them.
+    ``selected`` and ``entries`` have one row per distinct table; visit ``i`` reads table
+    ``visit_table[i]`` with virtual base ``bases[i]``.  The result is in visit order, then
+    entry order (ascending virtual addresses when the bases ascend).
+
+    Runtime complexity: ``O(512 u + v + k)`` for ``u`` tables, ``v`` visits and ``k``
+    selected entries in all visits.
     """
-    unique, inverse = np.unique(tables, return_inverse=True)
-    entries, missing = _read_tables(physical, unique)
-    if len(unique) == len(tables) and bool((tables[1:] > tables[:-1]).all()):
-        return entries, missing
-    return entries[inverse], missing[inverse]
+    if len(selected) == len(visit_table):  # one visit per table: a permutation of rows
+        visits, columns = np.nonzero(selected[visit_table])
+        values = entries[visit_table[visits], columns]
+        return bases[visits] + (columns.astype(np.uint64) << shift), values
+    rows, columns = np.nonzero(selected)
+    if len(rows) == 0:
+        return _empty(), _empty()
+    per_table = np.bincount(rows, minlength=len(selected))
+    table_first = np.cumsum(per_table) - per_table
+    per_visit = per_table[visit_table]
+    total = int(per_visit.sum())
+    visit = np.repeat(np.arange(len(visit_table)), per_visit)
+    within = np.arange(total) - np.repeat(np.cumsum(per_visit) - per_visit, per_visit)
+    position = table_first[visit_table][visit] + within
+    columns = columns[position]
+    values = entries[rows[position], columns]
+    return bases[visit] + (columns.astype(np.uint64) << shift), values
 
 
 def _read_tables(physical: MemoryMap, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,7 @@ from vmemfs.formats.vmcoreinfo import (
     KernelTopTable,
     VmcoreInfo,
     kernel_top_table,
+    signed_hex,
 )
 from vmemfs.memmap import MemoryMap
 from vmemfs.sources.mapsource import MapSource
@@ -116,6 +117,15 @@ class VirtualView:
         if address - start >= int(self.lengths[index]):
             return None
         return int(self.physical_starts[index]) + address - start
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """``(virtual, physical, length)`` of every mapping, ascending by virtual address.
+
+        What QEMU's ``dump-guest-memory -p`` writes as ``PT_LOAD`` headers (``p_vaddr``,
+        ``p_paddr``, ``p_filesz``) for the same page tables, up to how runs are merged.
+        """
+        return list(zip(self.virtual_starts.tolist(), self.physical_starts.tolist(),
+                        self.lengths.tolist(), strict=True))
 
     def describe(self) -> list[str]:
         """Lines for ``vmemfs info`` and ``.ctl/maps``: what was walked and what it gave."""
@@ -237,10 +247,10 @@ def _kernel_table_address(physical: MemoryMap, kernel_table: KernelTopTable,
     if kernel_table.phys_base is not None:
         table = kernel_table.physical_address()
         origin = (f"VMCOREINFO: {symbol} - __START_KERNEL_map + "
-                  f"NUMBER(phys_base) {kernel_table.phys_base:#x}")
+                  f"NUMBER(phys_base) {signed_hex(kernel_table.phys_base)}")
         if table & ~ADDRESS_BITS:
             raise FormatError(f"{label}: VMCOREINFO {symbol} with phys_base "
-                              f"{kernel_table.phys_base:#x} gives {table:#x}, not a 4 KiB "
+                              f"{signed_hex(kernel_table.phys_base)} gives {table:#x}, not a 4 KiB "
                               "aligned physical address: give virtual=ADDRESS (the CR3 value)")
         return table, origin
     variable = info.symbol("phys_base") if info is not None else None

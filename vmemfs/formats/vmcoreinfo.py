@@ -217,9 +217,19 @@ class KernelTopTable:
 
     def describe(self) -> str:
         """One line: where the address came from, for ``vmemfs info``."""
-        base = "unknown" if self.phys_base is None else f"{self.phys_base:#x}"
+        base = "unknown" if self.phys_base is None else signed_hex(self.phys_base)
         return (f"SYMBOL({self.symbol})={self.virtual_address:x} - __START_KERNEL_map + "
                 f"phys_base {base} (KERNELOFFSET={self.kernel_offset:x}, already included)")
+
+
+def signed_hex(value: int) -> str:
+    """A 64-bit value in hex, negative from ``2**63`` on (``phys_base`` is printed signed).
+
+    >>> signed_hex(0xFFFFFFFFD6000000), signed_hex(0x1000000)
+    ('-0x2a000000', '0x1000000')
+    """
+    value &= _MASK64
+    return f"{value - (1 << 64):#x}" if value >> 63 else f"{value:#x}"
 
 
 def kernel_top_table(info: VmcoreInfo) -> KernelTopTable:
