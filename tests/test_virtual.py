@@ -335,8 +335,29 @@ def test_map_source_views_a_file_without_copying(tmp_path: Path) -> None:
     view = source.view(0x100008, 16)
     assert isinstance(view, memoryview) and view.readonly
     assert bytes(view) == address_pattern(8, 16)
-    source.close()   # closes the map read through, and its file
+    source.close()   # not its map: the source does not own it
+    assert physical.read(0x100000, 8) == address_pattern(0, 8)
+    MapSource(physical, owner=True).close()
     assert physical.file_names() == [str(path)]
+    with pytest.raises(OSError):
+        physical.read(0x100000, 8)   # its file is closed
+
+
+def test_the_virtual_map_owns_the_physical_map(tmp_path: Path) -> None:
+    physical, _ = kaslr_kernel()
+    physical.add_bytes(bytes(KIB4), 0x8000000)                        # an empty table
+    path = tmp_path / "physical.core"
+    physical.save(path)
+    loaded = MemoryMap.load(path)
+    empty = build_virtual_map(loaded, top_table=0x8000000)             # maps nothing
+    assert empty.mapping_count == 0
+    empty.memmap.close()
+    view = build_virtual_map(loaded, vmcoreinfo=vmcoreinfo_text())   # loaded still open
+    assert view.memmap.get_string(BANNER_VIRTUAL + KERNEL_OFFSET) == BANNER.rstrip(b"\0")
+    assert view.mapping_count == 2
+    view.memmap.close()
+    with pytest.raises(OSError):
+        loaded.read(0, 8)
 
 
 def test_virtual_view_saves_as_an_elf_core_with_virtual_addresses(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def build_virtual_map(physical: MemoryMap, *, top_table: int | None = None,
 
     The new map holds one mapping per run of a :class:`MapSource` of ``physical``, whose
     source offsets are physical addresses: it owns ``physical`` (closing the virtual map
-    closes it).
+    closes it, unless nothing was mapped).
 
     Runtime complexity: see :func:`~vmemfs.formats.pagetables.walk_page_tables`; a 4 GiB
     guest takes well under a second.
@@ -222,8 +222,9 @@ def _view(physical: MemoryMap, walk: PageTableWalk, origin: str, info: VmcoreInf
     virtual.wordsize = 64
     virtual.endian = "little"
     virtual.machine = EM_X86_64
-    virtual.add_source_arrays(MapSource(physical, f"physical:{label}"), virtual_starts,
-                              physical_starts, lengths, kind="page")
+    if len(virtual_starts):
+        virtual.add_source_arrays(MapSource(physical, f"physical:{label}", owner=True),
+                                  virtual_starts, physical_starts, lengths, kind="page")
     leaf_bytes = int(walk.lengths.sum(dtype=np.uint64)) if len(walk.lengths) else 0
     mapped = int(lengths.sum(dtype=np.uint64)) if len(lengths) else 0
     if walk.missing_tables:

@@ -32,12 +32,15 @@ class MapSource(Source):
     this source then shows that byte as a hole too.
 
     :attr:`volatile` follows the map (true while any of its sources is live memory).
-    :meth:`close` closes the map: the map read through is owned by the source.
+    :meth:`close` closes the map read through only when the source owns it (``owner``).
     """
 
-    def __init__(self, memmap: MemoryMap, name: str = "<memory map>") -> None:
+    def __init__(self, memmap: MemoryMap, name: str = "<memory map>", *,
+                 owner: bool = False) -> None:
         self.memmap = memmap
         self.name = name
+        self.owner = owner
+        """Whether :meth:`close` closes :attr:`memmap` (the map was handed over)."""
 
     @property
     def volatile(self) -> bool:
@@ -73,5 +76,6 @@ class MapSource(Source):
             return b""
 
     def close(self) -> None:
-        """Close the map read through (its backing files)."""
-        self.memmap.close()
+        """Close the map read through (its backing files), if this source owns it."""
+        if self.owner:
+            self.memmap.close()
