@@ -4,6 +4,7 @@ the map built from the walk, the physical map as its source, and a 4 GiB guest."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from pagetable_craft import (
 )
 
 from vmemfs import FormatError, HoleError, MemoryMap
+from vmemfs.formats.pagetables import merge_runs
 from vmemfs.formats.virtual import EM_X86_64, build_virtual_map
 from vmemfs.formats.vmcoreinfo import (
     START_KERNEL_MAP,
@@ -425,3 +427,59 @@ def test_a_4gib_guest(tmp_path: Path, direct_map_size: int) -> None:
     assert memmap.extent_at(direct + 0x100000) == (direct + 0x100000, direct + 0xC0000000)
     assert not memmap.is_mapped(direct + 0xC0000000)           # the PCI hole
     assert memmap.get_bytes(direct + 0x7000000, 8) == guest.tables.data()[:8]
+
+
+# ------------------------------------------------------------------ a real QEMU guest
+
+@pytest.fixture(scope="module")
+def real_guest() -> Any:
+    """The dumps of a QEMU guest running Debian's kernel (``guestdumps``), where they can
+    be had."""
+    guestdumps = pytest.importorskip("guestdumps")
+    try:
+        return guestdumps.guest()
+    except guestdumps.GuestUnavailable as error:
+        pytest.skip(str(error))
+
+
+def elf_load_runs(path: Path) -> list[tuple[int, int, int]]:
+    """``(p_vaddr, p_paddr, p_memsz)`` of an ELF64 file's loads, merged where contiguous
+    in both (``PN_XNUM`` counts read from section header 0)."""
+    with open(path, "rb") as file:
+        header = file.read(64)
+        phoff, shoff = int.from_bytes(header[32:40], "little"), int.from_bytes(
+            header[40:48], "little")
+        count = int.from_bytes(header[56:58], "little")
+        if count == 0xFFFF:
+            file.seek(shoff)
+            count = int.from_bytes(file.read(64)[44:48], "little")
+        file.seek(phoff)
+        table = file.read(56 * count)
+    headers = np.frombuffer(table, dtype=np.dtype([
+        ("type", "<u4"), ("flags", "<u4"), ("offset", "<u8"), ("vaddr", "<u8"),
+        ("paddr", "<u8"), ("filesz", "<u8"), ("memsz", "<u8"), ("align", "<u8")]))
+    loads = headers[headers["type"] == 1]
+    order = np.argsort(loads["vaddr"], kind="stable")
+    virtual, physical, lengths = merge_runs(
+        loads["vaddr"][order].astype(np.uint64), loads["paddr"][order].astype(np.uint64),
+        loads["memsz"][order].astype(np.uint64))
+    return list(zip(virtual.tolist(), physical.tolist(), lengths.tolist(), strict=True))
+
+
+def test_real_guest_matches_qemus_own_page_table_walk(real_guest: Any) -> None:
+    """QEMU's ``dump-guest-memory paging=true`` walked the CR3 in use (a process's: the
+    kernel half is init_top_pgt's); the kernel half of its loads is our view, run by run."""
+    physical = MemoryMap()
+    physical.add_elf(real_guest.elf, physical=True)
+    view = build_virtual_map(physical, vmcoreinfo=real_guest.vmcoreinfo.read_bytes())
+    assert view.top_table == real_guest.init_top_pgt_physical
+    qemu = [run for run in elf_load_runs(real_guest.paging_elf)
+            if run[0] >= 0xFFFF800000000000]
+    assert view.runs() == qemu
+    symbols: dict[str, int] = {}
+    for line in real_guest.kallsyms.read_text().splitlines():
+        address, _, name = line.split()[:3]
+        symbols.setdefault(name, int(address, 16))
+    assert view.vmcoreinfo is not None
+    banner = view.memmap.get_string(symbols["linux_banner"] + view.vmcoreinfo.kernel_offset)
+    assert banner.decode().rstrip("\n") == real_guest.banner
