@@ -278,6 +278,14 @@ def test_without_vmcoreinfo_or_address_the_error_says_give_virtual_address() -> 
         "the physical address of the top-level page table (the CR3 value)")
 
 
+def test_a_virtual_address_given_as_cr3_is_refused() -> None:
+    physical, _ = kaslr_kernel()
+    with pytest.raises(FormatError, match=f"virtual={TOP_PGT:#x} is not a CR3 value"):
+        build_virtual_map(physical, top_table=TOP_PGT)
+    cr3 = TOP_PGT_PHYSICAL | (0b111 << 61) | 0x18      # no-flush, LAM bits, PWT/PCD: fine
+    assert build_virtual_map(physical, top_table=cr3).top_table == TOP_PGT_PHYSICAL
+
+
 def test_top_table_from_vmcoreinfo_in_a_hole() -> None:
     physical = MemoryMap.of_bytes(bytes(KIB4), 0)
     with pytest.raises(FormatError) as error:

@@ -157,9 +157,10 @@ def build_virtual_map(physical: MemoryMap, *, top_table: int | None = None,
                       max_tables: int = MAX_TABLES, max_runs: int = MAX_RUNS) -> VirtualView:
     """The kernel virtual address space of the x86-64 guest whose physical memory is ``physical``.
 
-    The top-level table is ``top_table`` (a CR3 value: the low 12 bits and bits 52..63
-    are ignored) when given, else the one VMCOREINFO names.  Paging has 5 levels when
-    ``levels=5`` or VMCOREINFO says ``NUMBER(pgtable_l5_enabled)=1``, else 4.
+    The top-level table is ``top_table`` (a CR3 value: the low 12 bits, bit 63 and the
+    LAM bits 61..62 are ignored; bits 52..60 must be clear) when given, else the one
+    VMCOREINFO names.  Paging has 5 levels when ``levels=5`` or VMCOREINFO says
+    ``NUMBER(pgtable_l5_enabled)=1``, else 4.
     ``NUMBER(sme_mask)`` is cleared from every entry.  ``name`` names the physical map in
     messages (default: its first file).
 
@@ -171,7 +172,8 @@ def build_virtual_map(physical: MemoryMap, *, top_table: int | None = None,
     guest takes well under a second.
 
     :raises FormatError: one line, if neither ``top_table`` nor VMCOREINFO gives a table
-        (it says to give ``virtual=ADDRESS``), if the top-level table is a hole of the
+        (it says to give ``virtual=ADDRESS``), if ``top_table`` is not a CR3 value (a
+        virtual address given by mistake), if the top-level table is a hole of the
         physical map, if VMCOREINFO is malformed where needed, or if the walk passes
         ``max_tables`` or ``max_runs``.
     """
@@ -191,6 +193,10 @@ def build_virtual_map(physical: MemoryMap, *, top_table: int | None = None,
     address_mask = ADDRESS_BITS & ~sme_mask
 
     if top_table is not None:
+        if not 0 <= top_table <= _MASK64 or (top_table >> 52) & 0x1FF:
+            raise FormatError(
+                f"{label}: virtual={top_table:#x} is not a CR3 value (bits 52..60 are "
+                "reserved): give the physical address of the top-level page table")
         table = table_address(top_table & ~sme_mask)
         origin = f"virtual={top_table:#x} (the CR3 value)"
     elif kernel_table is not None:
