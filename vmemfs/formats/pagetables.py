@@ -128,8 +128,11 @@ def walk_page_tables(physical: MemoryMap, top_table: int, *, levels: int = 4,
     ``address_mask`` selects the address bits of an entry (:data:`ADDRESS_BITS`; clear an
     AMD SME encryption bit from it).  ``name`` names the physical map in errors.
 
-    Runtime complexity: ``O(t)`` table reads (``t`` table visits) plus ``O(512 t)``
-    vectorised work and ``O(r log r)`` to sort ``r`` runs.
+    Runtime complexity: per batch of :data:`BATCH_TABLES` visits, one 4 KiB read and
+    ``O(512)`` vectorised work per distinct table, plus ``O(1)`` per visit and per entry
+    found (a table shared by many entries costs what it maps); ``O(r log r)`` to sort
+    ``r`` runs at the end.  Memory: ``O(t + r)`` for ``t`` visits, bounded by
+    ``max_tables`` and ``max_runs``.
 
     :raises FormatError: if the top-level table at ``top_table`` is not wholly in
         ``physical`` (naming the address), or if the walk passes ``max_tables`` visits

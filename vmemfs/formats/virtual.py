@@ -20,9 +20,11 @@ Decisions:
 * KASLR: ``SYMBOL()`` values are run-time addresses, so ``KERNELOFFSET`` is not added
   (see :mod:`vmemfs.formats.vmcoreinfo`).
 
-To compare with another walk (QEMU's ``dump-guest-memory -p`` writes one ``PT_LOAD`` per
-run with ``p_vaddr`` and ``p_paddr``), use :meth:`VirtualView.to_physical` or the run
-arrays :attr:`VirtualView.virtual_starts` / :attr:`physical_starts` / :attr:`lengths`.
+To compare with another walk, :meth:`VirtualView.runs` lists ``(virtual, physical,
+length)`` per mapping, and :meth:`VirtualView.to_physical` translates one address.  QEMU's
+``dump-guest-memory`` with ``paging=true`` writes one ``PT_LOAD`` per run of the page
+tables in use (``p_vaddr``, ``p_paddr``), merged the same way: for a Linux guest the
+kernel half of those loads equals :meth:`VirtualView.runs` run for run.
 """
 
 from __future__ import annotations
