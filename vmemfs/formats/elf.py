@@ -21,14 +21,11 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from vmemfs.errors import FormatError
-
-if TYPE_CHECKING:
-    from vmemfs.memmap import MemoryMap
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -361,7 +358,18 @@ def parse_settings(desc: bytes, name: str) -> tuple[int | None, str | None]:
     return wordsize, endian
 
 
-def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool = False) -> None:
+class ElfTarget(Protocol):
+    """What :func:`add_elf` needs of a map (a :class:`vmemfs.MemoryMap`)."""
+
+    wordsize: int | None
+    endian: str | None
+    machine: int | None
+
+    def add_file_arrays(self, src: str | os.PathLike[str], addresses: np.ndarray,
+                        offsets: np.ndarray, lengths: np.ndarray, *, kind: str) -> None: ...
+
+
+def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool = False) -> None:
     """Add every ``PT_LOAD`` of the ELF at ``path`` to ``memmap``, in header order.
 
     Each load with ``p_filesz > 0`` maps ``[p_vaddr, p_vaddr + p_filesz)`` (``p_paddr``
@@ -402,20 +410,5 @@ def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool =
     if layout.endian is not None:
         memmap.endian = layout.endian
     machine = layout.header.machine
-    if machine != EM_NONE and getattr(memmap, "machine", None) is None:
+    if machine != EM_NONE and memmap.machine is None:
         memmap.machine = machine
-
-
-def load_elf(path: str | os.PathLike[str], *, physical: bool = False) -> MemoryMap:
-    """A new map holding the loads of the ELF at ``path`` (see :func:`add_elf`).
-
-    An ELF without loads gives an empty map (the caller may say so).
-
-    :raises FormatError: for a truncated or corrupt file.
-    :raises OSError: if the file cannot be opened or read.
-    """
-    from vmemfs.memmap import MemoryMap
-
-    memmap = MemoryMap()
-    add_elf(memmap, path, physical=physical)
-    return memmap
