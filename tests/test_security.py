@@ -271,7 +271,8 @@ HOSTILE_NAMES = [
 ]
 DIRECTORIES = (tree.ROOT, tree.EXTENTS, tree.CTL)
 REAL_NAMES = {
-    tree.ROOT: {b"mem": tree.MEM, b"extents": tree.EXTENTS, b".ctl": tree.CTL},
+    tree.ROOT: {b"mem": tree.MEM, b"extents": tree.EXTENTS, b".ctl": tree.CTL,
+                b"at": tree.AT},
     tree.EXTENTS: {b"0000000000001000-0000000000003000": tree.FIRST_EXTENT,
                    b"0000000000005000-0000000000005010": tree.FIRST_EXTENT + 1},
     tree.CTL: {b"wordsize": tree.CTL_WORDSIZE, b"endian": tree.CTL_ENDIAN,
@@ -371,7 +372,7 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
     assert os.stat(root / "extents" / ".." / "..").st_ino == os.stat(root.parent).st_ino
     walked = sorted(os.path.relpath(os.path.join(folder, name), root)
                     for folder, dirs, files in os.walk(root) for name in dirs + files)
-    assert walked == sorted([".ctl", "extents", "mem", *(f".ctl/{n}" for n in
+    assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
                                                           (*CONTROLS, "maps")),
                              "extents/0000000000000000-0000000000001000"])
     with pytest.raises(OSError) as caught:

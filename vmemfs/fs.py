@@ -30,7 +30,7 @@ import logging
 import os
 import reprlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
 import pyfuse3
@@ -59,7 +59,7 @@ ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
 )
 """Exceptions (other than :class:`NodeError`, which carries its own) to errnos."""
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def _errno_of(error: BaseException, where: str) -> int | None:
@@ -88,22 +88,7 @@ def _failure(error: Exception, handler: Callable[..., Any], args: tuple[Any, ...
 
 
 def _translated(handler: Handler) -> Handler:
-    """Make a synchronous handler a pyfuse3 one whose only exception is ``FUSEError``."""
-
-    @functools.wraps(handler)
-    async def translate(*args: Any) -> Any:
-        try:
-            return handler(*args)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as error:
-            _failure(error, handler, args)
-
-    return cast(Handler, translate)
-
-
-def _translated_async(handler: Handler) -> Handler:
-    """:func:`_translated` for a handler that is itself a coroutine function."""
+    """Make a handler one whose only exception is ``FUSEError``."""
 
     @functools.wraps(handler)
     async def translate(*args: Any) -> Any:
@@ -168,8 +153,8 @@ class Operations(pyfuse3.Operations):
         return entry
 
     @_translated
-    def lookup(self, parent_inode: int, name: bytes,
-                     ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self.nodes.get(parent_inode)
         if name == b".":
             node = parent
@@ -180,13 +165,13 @@ class Operations(pyfuse3.Operations):
         return self._remembered(node)
 
     @_translated
-    def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(self.nodes.get(inode))
 
     @_translated
-    def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
-                      ctx: Any) -> pyfuse3.EntryAttributes:
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         """Accept only truncation of a control value to 0 (``O_TRUNC``), which changes
         nothing; time updates that come with it are ignored."""
         node = self.nodes.get(inode)
@@ -198,11 +183,11 @@ class Operations(pyfuse3.Operations):
         return self._entry(node)
 
     @_translated
-    def readlink(self, inode: int, ctx: Any) -> bytes:
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return self.nodes.get(inode).readlink()
 
     @_translated
-    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         forget = self.nodes.forget
         for inode, count in inode_list:
             forget(inode, count)
@@ -210,46 +195,47 @@ class Operations(pyfuse3.Operations):
     # ---------------------------------------------------------------- files
 
     @_translated
-    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.nodes.get(inode)
         handle = node.open(flags & os.O_ACCMODE != os.O_RDONLY, ctx.uid == self.uid)
         return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=handle.direct_io,
                                 keep_cache=handle.keep_cache)
 
-    @_translated_async
-    async def read(self, fh: int, off: int, size: int) -> Buffer:
+    @_translated
+    async def read(  # type: ignore[override]  # a buffer, not only bytes
+            self, fh: int, off: int, size: int) -> Buffer:
         handle = self.handles.get(fh)
         if handle.asynchronous:
             return await handle.read_async(off, size)
         return handle.read(off, size)
 
     @_translated
-    def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
         return self.handles.get(fh).write(off, buf)
 
     @_translated
-    def flush(self, fh: int) -> None:
+    async def flush(self, fh: int) -> None:
         return None
 
     @_translated
-    def release(self, fh: int) -> None:
+    async def release(self, fh: int) -> None:
         self.handles.release(fh)
 
     @_translated
-    def fsync(self, fh: int, datasync: bool) -> None:
+    async def fsync(self, fh: int, datasync: bool) -> None:
         return None
 
     # ---------------------------------------------------------------- directories
 
     @_translated
-    def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self.nodes.get(inode)
         if not node.is_directory():
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @_translated
-    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         reply = pyfuse3.readdir_reply
         for name, node, next_id in self.nodes.get(fh).entries(start_id):
             if not reply(token, name, self._entry(node), next_id):
@@ -258,15 +244,15 @@ class Operations(pyfuse3.Operations):
             self.nodes.remember(node)
 
     @_translated
-    def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: int) -> None:
         return None
 
     @_translated
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
     @_translated
-    def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
         data.f_blocks = -(-self.tree.state.mapped_bytes // BLOCK_SIZE)
@@ -279,57 +265,57 @@ class Operations(pyfuse3.Operations):
     # ---------------------------------------------------------------- refused
 
     @_translated
-    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise Refused(name)
 
     @_translated
-    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise Refused(name)
 
     @_translated
-    def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise Refused(name)
 
     @_translated
-    def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: Any) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise Refused(name)
 
     @_translated
-    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: Any) -> pyfuse3.EntryAttributes:
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise Refused(new_name)
 
     @_translated
-    def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name)
 
     @_translated
-    def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name)
 
     @_translated
-    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: Any) -> None:
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name_old)
 
     @_translated
-    def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name)
 
     @_translated
-    def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name)
 
     @_translated
-    def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         self.nodes.get(inode)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_translated
-    def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         self.nodes.get(inode)
         return []

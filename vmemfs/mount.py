@@ -319,8 +319,8 @@ def serve(mountpoint: str) -> int:
 
 def _configure_logging(*, foreground: bool, debug: bool) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if foreground:
         handler = logging.StreamHandler(sys.stderr)

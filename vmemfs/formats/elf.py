@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from vmemfs.errors import FormatError
+from vmemfs.values import Endian
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -201,7 +202,7 @@ def _xnum_count(fd: int, name: str, file_size: int, elfclass: int, order: str,
             f"end of the file ({file_size:#x})"
         )
     (count,) = struct.unpack(order + "I", _pread_exact(fd, 4, at))
-    return count
+    return int(count)
 
 
 def read_program_headers(fd: int, name: str, header: ElfHeader, file_size: int) -> np.ndarray:
@@ -362,7 +363,7 @@ class ElfTarget(Protocol):
     """What :func:`add_elf` needs of a map (a :class:`vmemfs.MemoryMap`)."""
 
     wordsize: int | None
-    endian: str | None
+    endian: Endian | None
     machine: int | None
 
     def add_file_arrays(self, src: str | os.PathLike[str], addresses: np.ndarray,
@@ -408,7 +409,7 @@ def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool =
     if layout.wordsize is not None:
         memmap.wordsize = layout.wordsize
     if layout.endian is not None:
-        memmap.endian = layout.endian
+        memmap.endian = "big" if layout.endian == "big" else "little"
     machine = layout.header.machine
     if machine != EM_NONE and memmap.machine is None:
         memmap.machine = machine

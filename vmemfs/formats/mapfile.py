@@ -223,7 +223,7 @@ def build_map(
 
 
 def _top_value(
-    document: dict[str, Any], key: str, name: str, parse: Callable[[object], Any]
+    document: dict[str, Any], key: str, name: str, parse: Callable[[Any], Any]
 ) -> Any:
     if key not in document:
         return None

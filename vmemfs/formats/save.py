@@ -55,13 +55,14 @@ from vmemfs.formats.elf import (
     settings_desc,
 )
 from vmemfs.sources import FileSource, Source
+from vmemfs.values import Endian
 
 
 class SavedMap(Protocol):
     """What :func:`save` needs of a map (a :class:`vmemfs.MemoryMap`)."""
 
     wordsize: int | None
-    endian: str | None
+    endian: Endian | None
     machine: int | None
 
     def extents(self) -> list[tuple[int, int]]: ...

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from vmemfs import ctl
 from vmemfs.tree import files
+from vmemfs.tree.at import AtDirectory
 from vmemfs.tree.files import (
     CONTROL_INODES,
     ControlFile,
@@ -82,6 +83,8 @@ def build(state: MountState) -> Tree:
     if vmcoreinfo is not None:
         control.add(b"vmcoreinfo",
                     table.add_fixed(files.CTL_VMCOREINFO, TextFile(lambda: vmcoreinfo)))
+    at = AtDirectory(state, table)
+    root.add(b"at", table.add_fixed(files.AT, at))
     root.nlink = 2 + sum(1 for _, child in root.children if isinstance(
-        child, (Directory, ExtentsDirectory)))
+        child, (Directory, ExtentsDirectory, AtDirectory)))
     return Tree(state, table, root, extents)

@@ -56,7 +56,7 @@ class MountState:
         self.mem_size = 0
         self.mem_mapped_bytes = 0
         self.holes: values.Holes = values.HOLES_EIO
-        self._zero_filled = False
+        self.zero_filled = False
         self.set_base(self.default_base if base is None else base)
         self.set_holes(holes)
 
@@ -81,7 +81,7 @@ class MountState:
         :raises ControlValueError: for another value.
         """
         self.holes = ctl.checked(ctl.HOLES, values.parse_holes, holes)
-        self._zero_filled = self.holes == values.HOLES_ZERO
+        self.zero_filled = self.holes == values.HOLES_ZERO
 
     def control_value(self, name: str) -> object:
         """The current value of control ``name`` (see :mod:`vmemfs.ctl`)."""
@@ -130,7 +130,7 @@ class MountState:
         if size > remaining:
             size = remaining
         address = self.base + offset
-        if not self._zero_filled:
+        if not self.zero_filled:
             return self._view(address, size)
         try:
             buffer = self._view(address, size)  # no copy when the range has no hole
