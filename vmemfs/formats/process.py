@@ -281,11 +281,13 @@ class ProcessDump:
 
     def add_to(self, memmap: MemoryMap,
                regions: Iterable[ProcessRegion] | None = None) -> None:
-        """Map every region (or only ``regions``) at its addresses, in order, and set the
-        map's word size and byte order to the host's.
+        """Map every region (or only ``regions``) at its addresses, in order; set the
+        map's word size and byte order to the host's, and its ``machine`` (when unset) to
+        the executable's ``e_machine``.
 
         Each region becomes one mapping of ``kind`` = its permissions and source name =
-        its path (see the module doc).
+        its path (see the module doc).  ``regions`` may be any regions of this process,
+        pieces of its own included (to leave pages out, for instance).
 
         Runtime complexity: amortised ``O(log n)`` per region.
 
