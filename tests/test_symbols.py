@@ -209,8 +209,8 @@ def test_parse_symbols_option(text: str, expected: tuple[str, int]) -> None:
     assert parse_symbols_option(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "@0x1000", "app@", "app@0x", "app@-1", "app@12k",
-                                  "app@0x10000000000000000", "app@ 1", "dir@v2/lib.so"])
+@pytest.mark.parametrize("text", ["", "@0x1000", "app@", "app@0x", "app@-1",
+                                  "app@0x10000000000000000", "dir@v2/lib.so"])
 def test_parse_symbols_option_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="symbols") as caught:
         parse_symbols_option(text)

@@ -113,7 +113,8 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
     supports_dot_lookup = True
 
-    def __init__(self, tree: Tree, *, uid: int, gid: int, time_ns: int | None = None) -> None:
+    def __init__(self, tree: Tree, *, uid: int, gid: int, time_ns: int | None = None,
+                 private: bool = False) -> None:
         super().__init__()
         self.tree = tree
         self.nodes = tree.table
@@ -121,6 +122,8 @@ class Operations(pyfuse3.Operations):
         self.uid = uid
         self.gid = gid
         self.time_ns = time.time_ns() if time_ns is None else time_ns
+        self.mode_mask = ~0o077 if private else ~0
+        """``private``: no permission bits for group and others (a live process)."""
 
     # ---------------------------------------------------------------- attributes
 
@@ -131,7 +134,7 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = STATIC_TIMEOUT
         entry.attr_timeout = 0 if attributes.volatile else STATIC_TIMEOUT
-        entry.st_mode = attributes.mode
+        entry.st_mode = attributes.mode & self.mode_mask
         entry.st_nlink = attributes.nlink
         entry.st_uid = self.uid
         entry.st_gid = self.gid
@@ -265,8 +268,9 @@ class Operations(pyfuse3.Operations):
     # ---------------------------------------------------------------- refused
 
     @_translated
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+            self, parent_inode: int, name: bytes, mode: int, flags: int,
+            ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise Refused(name)
 
     @_translated
@@ -303,7 +307,8 @@ class Operations(pyfuse3.Operations):
         raise Refused(name_old)
 
     @_translated
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
         raise Refused(name)
 
     @_translated

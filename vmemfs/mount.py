@@ -36,6 +36,7 @@ import trio
 import vmemfs
 from vmemfs import ctl, tree
 from vmemfs.errors import one_line, os_error_message
+from vmemfs.formats import process, symbols
 from vmemfs.fs import Operations
 from vmemfs.memmap import MemoryMap
 from vmemfs.options import (
@@ -102,7 +103,14 @@ def open_map(invocation: Invocation) -> MemoryMap:
         does not apply to it, or (as root) a source that is not trusted.
     """
     source = invocation.source
-    check_trusted([source])
+    live = process.parse_process_spec(source) is not None
+    if live and invocation.options.allow_other:
+        raise UsageError(f"{source}: allow_other is refused for a live process (it would "
+                         "show the process's memory to every user)")
+    if not live:
+        check_trusted([source])
+    if invocation.options.symbols:
+        check_trusted([symbols.parse_symbols_option(invocation.options.symbols)[0]])
     try:
         memory_map = vmemfs.open(source, **invocation.options.source_options())
     except OSError as error:  # the source, or a file a map file names
@@ -195,7 +203,9 @@ def _escape_option_value(value: str) -> str:
 def fuse_options(invocation: Invocation) -> set[str]:
     """The options handed to libfuse: never one of vmemfs's own (SPEC §5.2)."""
     options = invocation.options
-    fsname = options.fsname or os.path.abspath(invocation.source)
+    source = invocation.source
+    live = process.parse_process_spec(source) is not None
+    fsname = options.fsname or (source if live else os.path.abspath(source))
     result = {f"fsname={_escape_option_value(fsname)}", f"subtype={SUBTYPE}",
               "default_permissions"}
     if options.allow_other:
@@ -362,7 +372,9 @@ def _prepare(invocation: Invocation) -> tuple[Operations, str, set[str]]:
         _say(f"{invocation.source} maps nothing: the mount is empty")
     elif base and invocation.options.base is None:
         _say(f"base {base:#018x} ({reason}): mem offset 0 is address {base:#x}")
-    operations = Operations(tree.build(state), uid=os.getuid(), gid=os.getgid())
+    # A live process's memory is for the mounting user alone (modes 0400/0500).
+    operations = Operations(tree.build(state), uid=os.getuid(), gid=os.getgid(),
+                            private=memory_map.volatile)
     return operations, mountpoint, fuse_options(invocation)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from vmemfs import values
 from vmemfs.errors import FormatError
-from vmemfs.formats import elf, mapfile
+from vmemfs.formats import elf, mapfile, process, symbols
 from vmemfs.memmap import MemoryMap
 
 HEAD_SIZE = 4096
@@ -120,14 +120,21 @@ def open(
     physical: bool = False,
     wordsize: int | str | None = KEEP,
     endian: str | None = KEEP,
+    symbols: str | os.PathLike[str] | None = None,
 ) -> MemoryMap:
     """Open ``source`` as a new memory map, its format detected by content.
 
     * ELF (``\\x7fELF``): every ``PT_LOAD`` (``physical``: at ``p_paddr``);
     * a map file (TOML with ``[[map]]`` tables), with its ``base`` as the map's
       ``preferred_base``;
+    * a live process, ``/proc/PID`` or ``pid:PID``: its mappings from ``/proc/PID/maps``,
+      read from ``/proc/PID/mem`` at each request (volatile; ``[vvar]`` and
+      ``[vsyscall]``, which no read can reach, are left out as ``gcore`` does);
     * anything else: raw bytes (``offset``, ``length`` bytes, default to the end) at
       ``address`` (default 0).
+
+    ``symbols`` names a symbol table (``FILE`` or ``FILE@BIAS``: a ``System.map``,
+    ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols``.
 
     Numbers may be ints or text (``"0x1000"``, ``"4K"``); ``wordsize`` and ``endian``,
     when given, override what the source says (``None`` or ``"unset"`` unsets).  The map's
@@ -154,6 +161,18 @@ def open(
     if endian is not KEEP:
         settings["endian"] = _parsed("endian", "unset" if endian is None else endian,
                                      values.parse_endian)
+    table = None
+    if symbols is not None:
+        table = _symbol_table(os.fsdecode(symbols))
+    pid = process.parse_process_spec(name)
+    if pid is not None:
+        for option in options:
+            raise FormatError(f"{name}: option {option} does not apply to a live process")
+        memmap = _open_process(pid)
+        memmap.symbols = table
+        for setting, value in settings.items():
+            setattr(memmap, setting, value)
+        return memmap
     info = os.stat(name)
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(21, "Is a directory", name)
@@ -172,9 +191,34 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
+    memmap.symbols = table
     for setting, value in settings.items():
         setattr(memmap, setting, value)
     return memmap
+
+
+UNREACHABLE_REGIONS = frozenset(("[vvar]", "[vvar_vclock]", "[vsyscall]"))
+"""Process regions ``/proc/PID/mem`` never serves: left out of a process's map."""
+
+
+def _open_process(pid: int) -> MemoryMap:
+    dump = process.open_process(pid)
+    memmap = MemoryMap()
+    try:
+        dump.add_to(memmap, [region for region in dump.regions
+                             if region.path not in UNREACHABLE_REGIONS])
+    except BaseException:
+        dump.close()
+        raise
+    memmap.format = "process"
+    memmap.details = [("pid", str(pid)), ("command", dump.command),
+                      ("mappings", str(len(dump.regions)))]
+    return memmap
+
+
+def _symbol_table(text: str) -> symbols.SymbolTable:
+    path, bias = symbols.parse_symbols_option(text)
+    return symbols.load_symbols(path, bias=bias)
 
 
 def title(memmap: MemoryMap) -> str:
@@ -182,4 +226,4 @@ def title(memmap: MemoryMap) -> str:
     for candidate in (*FORMATS, RAW):
         if candidate.name == memmap.format:
             return candidate.title
-    return "memory map"
+    return "live process" if memmap.format == "process" else "memory map"

@@ -22,8 +22,8 @@ FILESYSTEM_TYPES = ("vmemfs", "fuse.vmemfs")
 USAGE = f"""\
 usage: {PROGRAM} SOURCE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-v] [-n] [-s]
 
-Mount SOURCE (an ELF core or executable, a TOML map file, or any other file as raw
-bytes) at MOUNTPOINT: MOUNTPOINT/mem, MOUNTPOINT/extents/, MOUNTPOINT/.ctl/.
+Mount SOURCE (an ELF core or executable, a TOML map file, a live process /proc/PID,
+or any other file as raw bytes) at MOUNTPOINT: MOUNTPOINT/mem, extents/, .ctl/, at/.
 
 options (-o, comma-separated, may be repeated):
   address=A, offset=O, length=N   place a raw SOURCE's bytes [O, O+N) at address A
@@ -33,6 +33,7 @@ options (-o, comma-separated, may be repeated):
   wordsize=32|64|unset            word size of the map (overrides SOURCE's)
   endian=little|big|le|be|unset   byte order of the map (overrides SOURCE's)
   holes=eio|zero                  how mem reads holes (default eio)
+  symbols=FILE[@BIAS]             System.map, kallsyms or ELF symbols: MOUNTPOINT/sym/
   allow_other                     let other users read the mount
   fsname=NAME                     what /proc/mounts shows as source
   auto_unmount                    unmount when the daemon dies
@@ -53,7 +54,8 @@ example:
 _FLAG_OPTIONS = frozenset({
     "physical", "allow_other", "debug", "foreground", "auto_unmount"})
 _VALUE_OPTIONS = frozenset({
-    "address", "offset", "length", "base", "wordsize", "endian", "holes", "fsname"})
+    "address", "offset", "length", "base", "wordsize", "endian", "holes", "fsname",
+    "symbols"})
 _KERNEL_FLAGS = frozenset({
     "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",
     "noatime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime"})
@@ -90,13 +92,16 @@ class MountOptions:
     def source_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`vmemfs.open` these options stand for."""
         result: dict[str, Any] = {"address": self.address, "offset": self.offset,
-                                  "length": self.length, "physical": self.physical}
+                                  "length": self.length, "physical": self.physical,
+                                  "symbols": self.symbols}
         result.update(self.controls)
         return result
     holes: str = values.HOLES_EIO
     allow_other: bool = False
     auto_unmount: bool = False
     fsname: str | None = None
+    symbols: str | None = None
+    """``FILE`` or ``FILE@BIAS``: a symbol table for ``sym/``."""
     debug: bool = False
     foreground: bool = False
     kernel_flags: list[str] = field(default_factory=list)
@@ -158,6 +163,9 @@ _VALUE_PARSERS = {
 def _set_value_option(options: MountOptions, name: str, value: str) -> None:
     if name == "fsname":
         options.fsname = value
+        return
+    if name == "symbols":
+        options.symbols = value
         return
     parsed = ctl.checked(name, _VALUE_PARSERS[name], value)
     if name in (ctl.WORDSIZE, ctl.ENDIAN):

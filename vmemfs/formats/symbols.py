@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from vmemfs.ctl import parse_address
+from vmemfs import values
 from vmemfs.errors import FormatError
 from vmemfs.formats.elf import ELF_MAGIC, ELFCLASS32, SHDR_SIZE, read_header
 
@@ -377,7 +377,10 @@ def parse_symbols_option(text: str) -> tuple[str, int]:
         raise ValueError(f"symbols: {text!r} names no file")
     if not at:
         return path, 0
-    return path, parse_address(address, "symbols")
+    try:
+        return path, values.parse_address(address)
+    except values.BadValue as error:
+        raise ValueError(f"symbols: {error}") from None
 
 
 def kernel_offset(vmcoreinfo: bytes) -> int:

@@ -31,6 +31,7 @@ from vmemfs.tree.nodes import (
     NotFound,
 )
 from vmemfs.tree.state import MountState, default_base
+from vmemfs.tree.sym import SymDirectory
 
 __all__ = [
     "Attributes",
@@ -85,6 +86,8 @@ def build(state: MountState) -> Tree:
                     table.add_fixed(files.CTL_VMCOREINFO, TextFile(lambda: vmcoreinfo)))
     at = AtDirectory(state, table)
     root.add(b"at", table.add_fixed(files.AT, at))
+    if memory_map.symbols is not None:
+        root.add(b"sym", table.add_fixed(files.SYM, SymDirectory(memory_map.symbols, table)))
     root.nlink = 2 + sum(1 for _, child in root.children if isinstance(
-        child, (Directory, ExtentsDirectory, AtDirectory)))
+        child, (Directory, ExtentsDirectory, AtDirectory, SymDirectory)))
     return Tree(state, table, root, extents)
