@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from guest import cpio
-from guest.build import build, cache_root
+from guest.build import build, cache_root, module_depends, modules_in_load_order
 from guestdumps import Guest, GuestUnavailable, guest
 
 PAGE = 4096
@@ -161,6 +161,16 @@ def test_second_request_reuses_the_cache(dumps: Guest) -> None:
     assert dumps.manifest.stat().st_mtime_ns == before
     assert dumps.directory.parent == cache_root()
     assert not list(cache_root().glob("guest-*.tmp-*"))
+
+
+def test_module_dependencies_load_first(dumps: Guest) -> None:
+    tree = Path(dumps.info()["kernel"]["vmlinuz"]).parents[1]
+    order = modules_in_load_order(tree / "lib" / "modules" / dumps.kernel_release, ("9p",))
+    names = [name for name, _ in order]
+    assert names[-1] == "9p.ko"
+    assert sorted(names[:-1]) == ["9pnet.ko", "fscache.ko", "netfs.ko"]
+    for position, (_, image) in enumerate(order):
+        assert all(f"{dependency}.ko" in names[:position] for dependency in module_depends(image))
 
 
 def test_cpio_archive_lists_with_busybox(tmp_path: Path) -> None:

@@ -288,7 +288,8 @@ def ensure_kernel(root: Path, package: str) -> Kernel:
             try:
                 _run(["apt-get", "download", "-q", package], cwd=work, timeout=900)
             except (OSError, RuntimeError) as error:
-                raise GuestUnavailable(f"cannot download {package}: {error}") from error
+                raise GuestUnavailable(f"cannot download {package} (apt-get update may "
+                                       f"help): {error}") from error
             deb = next(work.glob("*.deb"))
             tree = work / "tree"
             _run(["dpkg-deb", "-x", str(deb), str(tree)], timeout=600)
@@ -756,11 +757,11 @@ def build(memory: str = "128M") -> Path:
     """
     memory, memory_bytes = parse_memory(memory)
     root = cache_root()
-    _make_root(root)
     package = resolve_kernel_package(root)
     final = guest_folder(root, package.removeprefix("linux-image-"), memory)
     if is_complete(final):
         return final
+    _make_root(root)
     with locked(root):
         if is_complete(final):
             return final
