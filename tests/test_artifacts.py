@@ -27,7 +27,7 @@ import pytest
 from artifacts.build import DATA_ADDRESS, TEXT_ADDRESS, ToolMissing, build_marker, build_words
 
 from vmemfs import MemoryMap
-from vmemfs.formats import open_source
+from vmemfs import open as open_source
 from vmemfs.formats.elf import read_layout
 from vmemfs.formats.save import save
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from vmemfs import MemoryMap
+from vmemfs import open as open_source
 from vmemfs.cli import EXIT_BROKEN_PIPE, EXIT_HOLE, EXIT_INPUT, EXIT_USAGE, main, parse_number
-from vmemfs.formats import open_source
 from vmemfs.formats.save import save
 from vmemfs.progress import ProgressBar, format_size
 

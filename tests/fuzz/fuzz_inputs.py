@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["vmemfs"]):
     from vmemfs import ctl
-    from vmemfs.formats import open_source
+    from vmemfs import open as open_source
     from vmemfs.mount import UsageError, parse_command_line
 
 from artifacts.craft import PT_NOTE, Segment, build_elf, note
