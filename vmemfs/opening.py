@@ -134,7 +134,8 @@ def open(
       ``address`` (default 0).
 
     ``symbols`` names a symbol table (``FILE`` or ``FILE@BIAS``: a ``System.map``,
-    ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols``.
+    ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols`` (in
+    place of a map file's own ``symbols``).
 
     Numbers may be ints or text (``"0x1000"``, ``"4K"``); ``wordsize`` and ``endian``,
     when given, override what the source says (``None`` or ``"unset"`` unsets).  The map's
@@ -191,7 +192,8 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
-    memmap.symbols = table
+    if table is not None:  # the option wins over a map file's own symbols
+        memmap.symbols = table
     for setting, value in settings.items():
         setattr(memmap, setting, value)
     return memmap
