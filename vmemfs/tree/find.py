@@ -128,6 +128,9 @@ class SearchHandle(Handle):
         """The scan reached the end of the map."""
         self.error: BaseException | None = None
         self.scanned = 0
+        """Bytes scanned so far."""
+        self.paused = False
+        """The scan waits for its reader (it ran :data:`AHEAD` matches ahead)."""
         self._stop = False
         self._read_up_to = 0
         """One past the highest match index a reader has been served."""
@@ -190,7 +193,9 @@ class SearchHandle(Handle):
         self._notify()
         with self._pace:
             while not self._stop and len(self.matches) - self._read_up_to > AHEAD:
+                self.paused = True
                 self._pace.wait()
+            self.paused = False
             if self._stop:
                 raise _Stopped
 
