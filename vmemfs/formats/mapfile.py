@@ -33,8 +33,8 @@ message names the map file, the table (``map[2]``, counting from 0) and the key.
 The top-level ``wordsize`` and ``endian`` are applied after every ``[[map]]`` table, so
 they take precedence over what an ELF header says.  ``base`` is a mount preference,
 not part of the map: it is returned as the attribute ``preferred_base`` of the map.
-``symbols`` names a symbol table as the ``symbols=`` option does (SPEC §3.9: a
-``System.map``/``kallsyms`` text or an ELF file, ``@BIAS`` to add a load bias), its path
+``symbols`` names a symbol table as the ``symbols=`` option does (a ``System.map`` or
+``kallsyms`` text or an ELF file, ``@BIAS`` to add a load bias; docs/formats.md), its path
 relative to the map file's folder; it becomes the map's ``symbols``.
 """
 

@@ -1,4 +1,4 @@
-"""``find/``: search results as files (SPEC §4.9 in docs/mounting.md).
+"""``find/``: search results as files (docs/mounting.md, "Typed reads and search").
 
 ::
 
