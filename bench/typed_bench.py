@@ -325,6 +325,12 @@ def main() -> None:
         markdown_table(("file", "Python loop", "vs regular file", "shell loop",
                         "vs regular file"), loop_rows),
         "",
+        "Each `open`, `read`, `close` of a FUSE file is four or five requests to the "
+        "daemon (`GETATTR`, `OPEN`, `READ`, `FLUSH`, `RELEASE`); `.ctl/wordsize`, whose "
+        "read does no work, runs at about the same rate as `at/`, so the time goes to the "
+        "round trips, not to the typed read. In a shell loop, starting `cat` costs more "
+        "than either.",
+        "",
         f"**A {CHAIN}-step `deref` chain in one path** (`at/0x0/deref/…/deref/pointer`, "
         f"one `read_bytes()`): cold, after the kernel dropped its cached names "
         f"({CHAIN * 2 + 2} lookups and {CHAIN} readlinks), {fmt_us(median(cold) * 1e6)} "

@@ -165,9 +165,9 @@ class SearchHandle(Handle):
         except trio.Cancelled:
             self.release()  # the mount ends: the abandoned thread stops at its next chunk
             raise
-        except BaseException as error:
+        except BaseException as error:  # a bug: its reader gets EIO, the log a traceback
             self.error = error
-            log.error("find/%s: the scan failed: %r", self.label, error)
+            log.exception("find/%s: the scan failed", self.label)
         finally:
             self.done = True
             self._wake()
