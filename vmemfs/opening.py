@@ -8,6 +8,7 @@ Python values or as text in the grammar of :mod:`vmemfs.values`.
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -89,6 +90,7 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """The format of ``path`` and what telling it found (a map file's parsed document).
 
     Cost: one read of 4 KiB, plus reading a file that looks like text (at most 16 MiB).
+    A file whose first bytes cannot be read (``EIO``) is raw.
 
     :raises FormatError: for a file that claims a format and is broken at its start
         (text with a ``[[map]]`` header that is not valid TOML).
@@ -96,7 +98,12 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """
     name = os.fsdecode(path)
     with builtins.open(name, "rb") as stream:
-        head = stream.read(HEAD_SIZE)
+        try:
+            head = stream.read(HEAD_SIZE)
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            return RAW, True  # its start cannot be read (a hole in another mount's mem)
     for candidate in FORMATS:
         sniffed = candidate.sniff(head, name)
         if sniffed:

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vmemfs.errors import FormatError
+from vmemfs.errors import FormatError, one_line
 from vmemfs.values import Endian
 
 ELF_MAGIC = b"\x7fELF"
@@ -405,7 +405,7 @@ def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool =
         except FormatError:
             raise
         except ValueError as error:
-            raise FormatError(f"{name}: {' '.join(str(error).split())}") from None
+            raise FormatError(f"{name}: {one_line(error)}") from None
     if layout.wordsize is not None:
         memmap.wordsize = layout.wordsize
     if layout.endian is not None:
