@@ -138,7 +138,8 @@ def looks_like(head: bytes) -> bool:
 class FlattenedBytes:
     """The image a flattened file describes, read in place through its record index.
 
-    Image offsets no record covers cannot be read (a :meth:`pread` stops short there).
+    Image offsets that no record covers read as zeros, as in the file ``makedumpfile -R``
+    rearranges (where they are holes of a sparse file).
     """
 
     def __init__(self, file: FileBytes, records: SegmentIndex, size: int,
@@ -153,24 +154,27 @@ class FlattenedBytes:
         return self._size
 
     def pread(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` image bytes from ``offset``, short at the first uncovered byte.
+        """Up to ``size`` image bytes from ``offset``: short only at the end of the image
+        or where the file cannot be read.
 
         Runtime complexity: ``O(log r + k)`` for ``r`` records, ``k`` of them read.
         """
-        size = min(size, self._size - offset)
-        if size <= 0:
+        end = min(offset + size, self._size)
+        if end <= offset:
             return b""
         parts: list[bytes] = []
         position = offset
-        for piece in self._records.resolve(offset, offset + size):
-            if piece.start != position:
-                break
+        for piece in self._records.resolve(offset, end):
+            if piece.start > position:
+                parts.append(bytes(piece.start - position))
             want = piece.end - piece.start
             data = self._file.pread(piece.offset, want)
             parts.append(data)
-            position += len(data)
+            position = piece.start + len(data)
             if len(data) < want:
-                break
+                return b"".join(parts)
+        if position < end:
+            parts.append(bytes(end - position))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def file_offset(self, offset: int) -> int | None:
