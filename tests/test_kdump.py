@@ -718,3 +718,36 @@ def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
                 open_and_read_all(path)
     finally:
         logging.getLogger("vmemfs.sources.blocks").disabled = False
+
+
+def test_incomplete_dump_cut_inside_the_descriptor_table(tmp_path: Path) -> None:
+    """Flagged incomplete and cut short inside the descriptors: it opens, and the pages
+    whose descriptors or data are missing are holes."""
+    path, written, _ = small_dump(tmp_path)
+    with open(path, "r+b") as stream:
+        stream.seek(424)
+        (status,) = struct.unpack("<I", stream.read(4))
+        stream.seek(424)
+        stream.write(struct.pack("<I", status | 0x8))
+    truncate(path, written.table_offset + 10 * 24 + 7)
+    got, dump = load(path)
+    assert got.extents() == []
+    assert dict(dump.info)["incomplete"] == "yes: 24 dumped pages were not written"
+
+
+def test_flattened_bitmaps_larger_than_the_file(tmp_path: Path) -> None:
+    """A flattened image's gaps read as zeros, so a header claiming huge bitmaps (with a
+    far record making the image that large) must not make the reader allocate them."""
+    path, headers = flattened_dump(tmp_path)
+    content = bytearray(path.read_bytes())
+    # Records 0 and 1 hold the disk_dump_header and the kdump_sub_header: claim 2**20
+    # bitmap blocks (4 GiB) and 2**34 pages.
+    assert struct.unpack_from(">qq", content, headers[1]) == (4096, 4096)
+    struct.pack_into("<I", content, headers[0] + 16 + 436, 1 << 20)
+    struct.pack_into("<Q", content, headers[1] + 16 + 96, 1 << 34)
+    far = struct.pack(">qq", 1 << 40, 1) + b"x"
+    content[headers[-1]:headers[-1]] = far
+    path.write_bytes(bytes(content))
+    message = error_of(path)
+    assert message.startswith("bitmaps at offset 0x2000 (flattened image")
+    assert "more than the file holds" in message

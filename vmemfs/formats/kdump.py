@@ -623,6 +623,11 @@ def _open(file: FileBytes, name: str, cache_bytes: int) -> Dump:
         raise FormatError(f"{name}: disk_dump_header at offset 0x0: max_mapnr "
                           f"{max_mapnr:#x} pages of {block_size:#x} bytes pass 2**64")
     needed = (max_mapnr + 7) // 8
+    backing = file.size()
+    if flattened is not None and 2 * needed > backing:
+        # Gaps of a flattened image read as zeros: never allocate more than the file holds.
+        raise FormatError(f"{name}: bitmaps at {where(bitmap_at)}: {needed:#x} bytes each, "
+                          f"more than the file holds ({backing:#x} bytes)")
     ram_bitmap = _read_bitmap(stored, name, "first bitmap", bitmap_at, needed, where)
     dumped_bitmap = ram_bitmap if dumped_at == bitmap_at else \
         _read_bitmap(stored, name, "second bitmap", dumped_at, needed, where)
@@ -644,6 +649,20 @@ def _open(file: FileBytes, name: str, cache_bytes: int) -> Dump:
             raise FormatError(f"{name}: page descriptor {present} at "
                               f"{where(table_at + present * PAGE_DESC_SIZE)}: passes the end "
                               f"of the file ({image_size:#x} bytes; {count} pages dumped)")
+    if flattened is not None and present * PAGE_DESC_SIZE > backing:
+        if not incomplete:
+            raise FormatError(f"{name}: page descriptors at {where(table_at)}: {count} of "
+                              f"them are more than the file holds ({backing:#x} bytes)")
+        present = backing // PAGE_DESC_SIZE
+    dropped = count - present
+    if dropped:
+        # An incomplete dump: pages past the last descriptor written are holes.
+        starts = np.cumsum(run_lengths, dtype=np.uint64) - run_lengths
+        keep = starts < np.uint64(present)
+        pfns, run_lengths, starts = pfns[keep], run_lengths[keep].copy(), starts[keep]
+        if len(run_lengths):
+            run_lengths[-1] = min(int(run_lengths[-1]), present - int(starts[-1]))
+        count = present
     stored_offsets = np.zeros(count, dtype=np.uint64)
     stored_sizes = np.zeros(count, dtype=np.uint32)
     codecs = np.zeros(count, dtype=np.uint8)
@@ -707,7 +726,7 @@ def _open(file: FileBytes, name: str, cache_bytes: int) -> Dump:
                               name=file.name, cache_bytes=cache_bytes, describe=describe)
     release = vmcoreinfo_value(vmcoreinfo, "OSRELEASE") or header.release
     info = _info(header, sub, flattened, seen, count - not_written, excluded, ram_pages,
-                 max_mapnr, release, not_written, incomplete)
+                 max_mapnr, release, not_written + dropped, incomplete)
     return Dump(source=source, addresses=addresses, offsets=source_offsets, lengths=lengths,
                 wordsize=header.wordsize, endian=header.endian, vmcoreinfo=vmcoreinfo,
                 kind="kdump", info=info, machine=machine_number(header.machine))

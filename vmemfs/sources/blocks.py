@@ -159,11 +159,15 @@ class _Lzo:
         self.decompress_safe.restype = ctypes.c_int
         self.decompress_safe.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
                                          ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p]
+        self._buffer_types: dict[int, Any] = {}
 
     def decode(self, stored: bytes, length: int) -> bytearray:
         out = bytearray(length)
         produced = ctypes.c_size_t(length)
-        target = (ctypes.c_char * length).from_buffer(out) if length else None
+        buffer_type = self._buffer_types.get(length)
+        if buffer_type is None:
+            buffer_type = self._buffer_types.setdefault(length, ctypes.c_char * length)
+        target = buffer_type.from_buffer(out) if length else None
         code = self.decompress_safe(stored, len(stored), target, ctypes.byref(produced), None)
         if code != 0:
             raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
