@@ -751,3 +751,34 @@ def test_flattened_bitmaps_larger_than_the_file(tmp_path: Path) -> None:
     message = error_of(path)
     assert message.startswith("bitmaps at offset 0x2000 (flattened image")
     assert "more than the file holds" in message
+
+
+def test_reads_from_several_threads(tmp_path: Path) -> None:
+    """Searches read from worker threads: a shared source with a small cache serves
+    concurrent readers the right bytes."""
+    import threading
+
+    rng = random.Random(15)
+    original = random_map(rng, pages=300, partial=False)
+    written = write_kdump(tmp_path / "d", original, flattened=True, record_size=5000,
+                          compression="snappy")
+    expected = written.expected_map(original)
+    got, _ = load(tmp_path / "d", cache_bytes=8 * 4096)
+    extents = expected.extents()
+    failures: list[str] = []
+
+    def reader(seed: int) -> None:
+        local = random.Random(seed)
+        for _ in range(300):
+            start, end = local.choice(extents)
+            address = local.randrange(start, end)
+            size = local.randrange(1, 20_000)
+            if got.read(address, size) != expected.read(address, size):
+                failures.append(f"{address:#x}+{size}")
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

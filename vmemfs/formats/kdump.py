@@ -249,6 +249,7 @@ def _index_flattened(file: FileBytes, name: str) -> FlattenedBytes:
     records = SegmentIndex()
     records.insert_runs(starts, starts + lengths - np.uint64(1),
                         np.zeros(len(starts), dtype=np.int32), stored_at - starts)
+    records.flush()  # lookups then never modify the index: safe from several threads
     image_size = int((starts + lengths).max()) if len(starts) else 0
     return FlattenedBytes(file, records, image_size, len(logicals))
 
