@@ -243,6 +243,7 @@ def write_kdump(path: str | os.PathLike[str], memmap: MemoryMap, *,
                 dump_level: int = 31,
                 sub_header_32: str = "packed",
                 max_mapnr: int | None = None,
+                header_max_mapnr: int | None = None,
                 share_zero_page: bool = True,
                 split: tuple[int, int] | None = None,
                 incomplete_after: int | None = None,
@@ -264,7 +265,9 @@ def write_kdump(path: str | os.PathLike[str], memmap: MemoryMap, *,
     overridden by later ones, or ``shuffle``\\ d records), ``wordsize``/``endian`` of the
     headers, ``sub_header_32`` (``"packed"`` as i386, ``"padded"`` as ARM),
     ``vmcoreinfo_place`` (``"subheader"``, ``"note"``, ``"both"``), ``max_mapnr`` (a larger
-    one than the highest frame), ``split`` (this file holds frames ``[first, stop)``
+    one than the highest frame; ``header_max_mapnr`` writes another value in the 32-bit
+    header field, as a dump of more than 2**32 pages must), ``split`` (this file holds
+    frames ``[first, stop)``
     only), ``incomplete_after`` (only that many pages written, the rest of the descriptor
     table zero and the file cut short, with the incomplete flag set).
     """
@@ -321,7 +324,9 @@ def write_kdump(path: str | os.PathLike[str], memmap: MemoryMap, *,
         else:
             head += bytes(2) + struct.pack(order + "ii", *timestamp)
         head += struct.pack(order + "IiiIIIIIIi", status, block_size, sub_hdr_size,
-                            bitmap_blocks, min(max_mapnr, 0xFFFFFFFF), len(ram), len(ram),
+                            bitmap_blocks,
+                            min(max_mapnr, 0xFFFFFFFF) if header_max_mapnr is None
+                            else header_max_mapnr, len(ram), len(ram),
                             written, 0, 1)
         sink.write(0, head.ljust(block_size, b"\0"))
         # kdump_sub_header and what follows it

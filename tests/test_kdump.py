@@ -176,14 +176,20 @@ def test_diskdump_signature_and_unaligned_max_mapnr(tmp_path: Path) -> None:
     assert dict(dump.info)["format"].startswith("kdump-compressed (DISKDUMP")
 
 
-def test_max_mapnr_above_4g_pages_from_the_sub_header(tmp_path: Path) -> None:
-    """A 32-bit max_mapnr in the header is clipped; version 6 has the real one."""
+@pytest.mark.parametrize("version", [5, 6])
+def test_max_mapnr_from_the_sub_header_from_version_6(tmp_path: Path, version: int) -> None:
+    """The header's max_mapnr is 32 bits (clipped in a dump of more than 2**32 pages);
+    version 6 has the whole value in the sub-header.  Here the header says 0x40 pages:
+    version 5 ignores the frames above, version 6 maps them."""
     memmap = MemoryMap()
-    memmap.add_bytes(b"high memory" * 100, (1 << 32) * 4096 + 0x1000)
-    write_kdump(tmp_path / "d", memmap, compression="zstd")
+    memmap.add_bytes(b"low memory" * 100, 0x10000)
+    memmap.add_bytes(b"high memory" * 100, 0x80000)
+    write_kdump(tmp_path / "d", memmap, compression="zstd", header_version=version,
+                header_max_mapnr=0x40)
     got, dump = load(tmp_path / "d")
-    assert got.get_bytes((1 << 32) * 4096 + 0x1000, 11) == b"high memory"
-    assert int(dict(dump.info)["max pfn"], 16) == (1 << 32) + 2
+    assert got.get_bytes(0x10000, 10) == b"low memory"
+    assert got.is_mapped(0x80000) == (version == 6)
+    assert dict(dump.info)["max pfn"] == ("0x81" if version == 6 else "0x40")
 
 
 def test_split_part(tmp_path: Path) -> None:
