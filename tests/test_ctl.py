@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmemfs import ctl
+from vmemfs import ctl, values
 from vmemfs.ctl import ControlValueError
 
 
@@ -37,13 +37,8 @@ def test_accepted(name: str, raw: bytes, value: object) -> None:
     ("wordsize", b"\n"),
     ("wordsize", b"16"),
     ("wordsize", b"0x40"),
-    ("wordsize", b" 64"),
-    ("wordsize", b"64 "),
     ("wordsize", b"64\n\n"),
-    ("wordsize", b"64\r\n"),
-    ("wordsize", b"Unset"),
     ("wordsize", b"none"),
-    ("endian", b"LITTLE"),
     ("endian", b"middle"),
     ("endian", b"l"),
     ("endian", b"little\x00"),
@@ -53,15 +48,10 @@ def test_accepted(name: str, raw: bytes, value: object) -> None:
     ("base", b"+1"),
     ("base", b"0x"),
     ("base", b"0x-1"),
-    ("base", b"0o17"),
-    ("base", b"0b101"),
-    ("base", b"1_000"),
-    ("base", b"0x1g"),
     ("base", b"0x10000000000000000"),
     ("base", b"18446744073709551616"),
     ("base", b"1e3"),
     ("base", b"0x" + b"0" * 80),
-    ("holes", b"EIO"),
     ("holes", b"zeros"),
     ("holes", b"unset"),
 ])
@@ -91,10 +81,10 @@ def test_format(name: str, value: object, text: bytes) -> None:
     assert ctl.parse(name, text) == value
 
 
-def test_address_option_names_itself() -> None:
-    assert ctl.parse_address("0x10", "offset") == 16
+def test_checked_names_the_setting() -> None:
+    assert ctl.checked("offset", values.parse_size, "0x10") == 16
     with pytest.raises(ControlValueError, match=r"^length: 'ten'"):
-        ctl.parse_address("ten", "length")
+        ctl.checked("length", values.parse_size, "ten")
 
 
 def test_unknown_control() -> None:
@@ -103,13 +93,13 @@ def test_unknown_control() -> None:
     assert ctl.CONTROLS == ("wordsize", "endian", "base", "holes")
 
 
-def test_command_line_quantities_take_binary_suffixes() -> None:
-    assert ctl.parse_quantity("4K", "length") == 4096
-    assert ctl.parse_quantity("0x10M", "offset") == 16 << 20
-    assert ctl.parse_quantity("0xffffffff81000000", "address") == 0xFFFFFFFF81000000
+def test_numbers_take_binary_suffixes() -> None:
+    assert values.parse_size("4K") == 4096
+    assert values.parse_size("0x10M") == 16 << 20
+    assert values.parse_address("0xffffffff81000000") == 0xFFFFFFFF81000000
     for bad in ("K", "-1K", "1.5K", "4 K", "16777216T", "0x"):
-        with pytest.raises(ctl.ControlValueError, match="length"):
-            ctl.parse_quantity(bad, "length")
+        with pytest.raises(values.BadValue):
+            values.parse_address(bad)
 
 
 def test_mount_and_command_accept_the_same_numbers() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from artifacts.craft import EM_PPC, PT_LOAD, PT_NOTE, Segment, build_elf, note
+from elftools import format_error
 
 from vmemfs import FormatError, HoleError, MemoryMap
-from vmemfs.formats.elf import add_elf, load_elf, read_layout
+from vmemfs.formats.elf import add_elf, read_layout
 
 CLASSES = [(32, "little"), (32, "big"), (64, "little"), (64, "big")]
 
@@ -21,12 +22,7 @@ def put(tmp_path: Path, content: bytes, name: str = "test.elf") -> Path:
 
 
 def error_of(path: Path, **options: bool) -> str:
-    with pytest.raises(FormatError) as info:
-        load_elf(path, **options)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"{path}: ")
-    return message[len(f"{path}: "):]
+    return format_error(MemoryMap.load, path, **options)
 
 
 @pytest.mark.parametrize(("elfclass", "endian"), CLASSES)
@@ -37,7 +33,7 @@ def test_loads_of_every_class_and_order(tmp_path: Path, elfclass: int, endian: s
         Segment(0x2000, b"note!", type=PT_NOTE),            # not a load
         Segment(0x8000, b"abcd", memsz=0x1000),             # tail is a hole
     ], elfclass=elfclass, endian=endian, machine=EM_PPC))
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert (m.wordsize, m.endian, m.machine) == (elfclass, endian, EM_PPC)
     assert m.extents() == [(0x1000, 0x1008), (0x8000, 0x8004)]
     assert m.get_bytes(0x8000, 4) == b"abcd"
@@ -64,7 +60,7 @@ def test_overlapping_loads_later_wins(tmp_path: Path) -> None:
         Segment(0x10E, b"D" * 6),
         Segment(0x100, b"", memsz=0x100),
     ]))
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert m.get_bytes(0x100, 20) == b"CCAABBBBAAAAAADDDDDD"
     assert m.extents() == [(0x100, 0x114)]
     assert len(m.mappings) == 4
@@ -75,16 +71,16 @@ def test_physical_uses_paddr(tmp_path: Path) -> None:
         Segment(0xFFFFFFFF81000000, b"kernel", paddr=0x1000000),
         Segment(0xFFFF888000000000, b"direct", paddr=0x2000),
     ]))
-    virtual = load_elf(path)
+    virtual = MemoryMap.load(path)
     assert virtual.get_bytes(0xFFFFFFFF81000000, 6) == b"kernel"
-    physical = load_elf(path, physical=True)
+    physical = MemoryMap.load(path, physical=True)
     assert physical.extents() == [(0x2000, 0x2006), (0x1000000, 0x1000006)]
     assert physical.get_bytes(0x1000000, 6) == b"kernel"
 
 
 def test_load_at_the_top_of_the_address_space(tmp_path: Path) -> None:
     path = put(tmp_path, build_elf([Segment(2**64 - 4, b"last")]))
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert m.extents() == [(2**64 - 4, 2**64)]
     assert m.get_bytes(2**64 - 4, 4) == b"last"
 
@@ -97,10 +93,10 @@ def test_load_past_the_top_of_the_address_space(tmp_path: Path) -> None:
 
 
 def test_no_loads_is_an_empty_map(tmp_path: Path) -> None:
-    m = load_elf(put(tmp_path, build_elf([Segment(0, b"n", type=PT_NOTE)])))
+    m = MemoryMap.load(put(tmp_path, build_elf([Segment(0, b"n", type=PT_NOTE)])))
     assert m.extents() == []
     assert m.wordsize == 64
-    m = load_elf(put(tmp_path, build_elf([], etype=1)))
+    m = MemoryMap.load(put(tmp_path, build_elf([], etype=1)))
     assert m.extents() == []
 
 
@@ -111,7 +107,7 @@ def test_pn_xnum(tmp_path: Path, elfclass: int, endian: str) -> None:
     path = put(tmp_path, build_elf(segments, elfclass=elfclass, endian=endian, xnum=True))
     layout = read_layout(path)
     assert len(layout.addresses) == count
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert len(m.extents()) == count
     assert m.get_bytes(0x10000 + 16 * 69_999, 4) == (69_999).to_bytes(4, "little")
 
@@ -141,7 +137,7 @@ def test_pn_xnum_section_header_past_end(tmp_path: Path) -> None:
 def test_wide_program_header_stride(tmp_path: Path) -> None:
     path = put(tmp_path, build_elf([Segment(0x10, b"one"), Segment(0x20, b"two")],
                                    elfclass=32, endian="big", phentsize=48))
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert m.get_bytes(0x20, 3) == b"two"
 
 
@@ -171,7 +167,7 @@ def test_segment_offset_overflow(tmp_path: Path) -> None:
 def test_segment_past_end_ignored_when_not_a_load(tmp_path: Path) -> None:
     path = put(tmp_path, build_elf([Segment(0, b"ok"),
                                     Segment(0, type=6, offset=1 << 40, filesz=1 << 40)]))
-    assert load_elf(path).get_bytes(0, 2) == b"ok"
+    assert MemoryMap.load(path).get_bytes(0, 2) == b"ok"
 
 
 @pytest.mark.parametrize(("cut", "expected"), [
@@ -260,7 +256,7 @@ def vmemfs_note(desc: bytes, order: str = "<") -> bytes:
 def test_vmemfs_note(tmp_path: Path, desc: bytes, settings: tuple[object, object]) -> None:
     notes = note(b"CORE", 1, b"\0" * 20) + vmemfs_note(desc)
     path = put(tmp_path, build_elf([Segment(0, notes, type=PT_NOTE), Segment(0, b"x")]))
-    m = load_elf(path)
+    m = MemoryMap.load(path)
     assert (m.wordsize, m.endian) == settings
     m = MemoryMap()
     m.wordsize, m.endian = 64, "little"
@@ -282,17 +278,17 @@ def test_vmemfs_note_only_in_first_note_segment(tmp_path: Path) -> None:
         Segment(0, note(b"CORE", 1, b"regs"), type=PT_NOTE),
         Segment(0, vmemfs_note(b"wordsize=unset\n"), type=PT_NOTE),
     ]))
-    assert load_elf(path).wordsize == 64
+    assert MemoryMap.load(path).wordsize == 64
 
 
 def test_broken_note_is_ignored(tmp_path: Path) -> None:
     broken = struct.pack("<III", 7, 0xFFFFFF, 0x766D6673) + b"VMEMFS\0\0"
     path = put(tmp_path, build_elf([Segment(0, broken, type=PT_NOTE), Segment(0, b"x")],
                                    elfclass=32))
-    assert load_elf(path).wordsize == 32
+    assert MemoryMap.load(path).wordsize == 32
 
 
 def test_region_types_beyond_load_ignored(tmp_path: Path) -> None:
     path = put(tmp_path, build_elf([Segment(0x10, b"interp", type=3),
                                     Segment(0x20, b"load", type=PT_LOAD)]))
-    assert load_elf(path).extents() == [(0x20, 0x24)]
+    assert MemoryMap.load(path).extents() == [(0x20, 0x24)]

@@ -26,7 +26,6 @@ from conftest import Mounts
 from mounting import Mount, mount_unavailable, run_tool, wait_for
 
 from vmemfs import MemoryMap
-from vmemfs.formats.elf import load_elf
 
 pytestmark = pytest.mark.mount
 
@@ -432,7 +431,7 @@ def test_save_to_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
     assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC,
                                                           str(small_disk / "api.core"))
     assert sorted(os.listdir(small_disk)) == ["kept.core"]
-    assert load_elf(kept).get_bytes(0, 5) == b"tiny!"
+    assert MemoryMap.load(kept).get_bytes(0, 5) == b"tiny!"
 
 
 def _tiny(directory: Path) -> Path:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmemfs import FormatError, MemoryMap
-from vmemfs.formats import open_source
-from vmemfs.formats.elf import NT_VMEMFS_SETTINGS, load_elf
+from vmemfs import open as open_source
+from vmemfs.formats.elf import NT_VMEMFS_SETTINGS
 from vmemfs.formats.mapfile import load_mapfile
 
 # The deadline only catches hangs: a tiny input taking 20 s is one.
@@ -73,7 +73,7 @@ def check_loaded(m: MemoryMap) -> None:
 
 def load_or_format_error(path: Path, **options: bool) -> None:
     try:
-        m = load_elf(path, **options)
+        m = MemoryMap.load(path, **options)
     except FormatError as error:
         assert "\n" not in str(error)
         assert str(error).startswith(f"{path}: ")
@@ -182,7 +182,7 @@ def test_pn_xnum_huge_count_fails_fast(folder: Path) -> None:
         path = folder / "xnum.elf"
         path.write_bytes(bytes(content))
         with pytest.raises(FormatError, match="4294967295 entries"):
-            load_elf(path)
+            MemoryMap.load(path)
 
 
 # ------------------------------------------------------------------ map files

@@ -12,11 +12,11 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+from treemodel import tree_of
 
 from vmemfs import MemoryMap
-from vmemfs import layout as tree
 from vmemfs.fs import STATIC_TIMEOUT, Operations
-from vmemfs.layout import Layout
+from vmemfs.tree import files as tree
 
 OWNER = 1000
 OTHER = 1001
@@ -67,7 +67,7 @@ def memory_map() -> MemoryMap:
 
 @pytest.fixture
 def ops(memory_map: MemoryMap) -> Operations:
-    return Operations(Layout(memory_map), uid=OWNER, gid=OWNER, time_ns=1_700_000_000 * 10**9)
+    return Operations(tree_of(memory_map), uid=OWNER, gid=OWNER, time_ns=1_700_000_000 * 10**9)
 
 
 def test_lookup_and_getattr(ops: Operations) -> None:
@@ -91,12 +91,19 @@ def test_lookup_and_getattr(ops: Operations) -> None:
 
 def test_open_modes(ops: Operations) -> None:
     mem = call(ops.open, tree.MEM, os.O_RDONLY, Context())
-    assert (mem.fh, mem.direct_io, mem.keep_cache) == (tree.MEM, True, False)
+    assert (mem.direct_io, mem.keep_cache) == (True, False)
     extent = call(ops.open, tree.FIRST_EXTENT, os.O_RDONLY, Context())
-    assert (extent.fh, extent.direct_io, extent.keep_cache) == (tree.FIRST_EXTENT, False, True)
+    assert (extent.direct_io, extent.keep_cache) == (False, True)
     control = call(ops.open, tree.CTL_HOLES, os.O_WRONLY | os.O_TRUNC, Context())
-    assert (control.fh, control.direct_io) == (tree.CTL_HOLES, True)
-    assert call(ops.open, tree.CTL_HOLES, os.O_RDONLY, Context(uid=OTHER)).fh == tree.CTL_HOLES
+    assert control.direct_io
+    other = call(ops.open, tree.CTL_HOLES, os.O_RDONLY, Context(uid=OTHER))
+    # Handles are numbered apart from inodes, one per open, freed at release.
+    assert len({mem.fh, extent.fh, control.fh, other.fh}) == 4
+    assert len(ops.handles) == 4
+    for info in (mem, extent, control, other):
+        call(ops.release, info.fh)
+    assert len(ops.handles) == 0
+    assert fuse_errno(ops.read, mem.fh, 0, 1) == errno.ENOENT
 
 
 @pytest.mark.parametrize("inode", [tree.MEM, tree.FIRST_EXTENT, tree.CTL_MAPS])
@@ -121,13 +128,20 @@ def test_open_odd_inodes(ops: Operations) -> None:
     assert fuse_errno(ops.opendir, 999, Context()) == errno.ENOENT
 
 
+def opened(ops: Operations, inode: int, flags: int = os.O_RDONLY) -> int:
+    """The handle of ``inode`` opened by its owner."""
+    info: pyfuse3.FileInfo = call(ops.open, inode, flags, Context())
+    return int(info.fh)
+
+
 def test_read(ops: Operations) -> None:
-    assert bytes(call(ops.read, tree.MEM, 0x2ffe, 100)) == b"AA"
-    assert call(ops.read, tree.MEM, 0x5010, 100) == b""
-    assert fuse_errno(ops.read, tree.MEM, 0x3000, 100) == errno.EIO
-    assert bytes(call(ops.read, tree.FIRST_EXTENT + 1, 8, 100)) == b"B" * 8
-    assert call(ops.read, tree.CTL_HOLES, 0, 100) == b"eio\n"
-    assert call(ops.read, tree.CTL_MAPS, 0, 1 << 20).count(b"\n") == 2
+    mem = opened(ops, tree.MEM)
+    assert bytes(call(ops.read, mem, 0x2ffe, 100)) == b"AA"
+    assert call(ops.read, mem, 0x5010, 100) == b""
+    assert fuse_errno(ops.read, mem, 0x3000, 100) == errno.EIO
+    assert bytes(call(ops.read, opened(ops, tree.FIRST_EXTENT + 1), 8, 100)) == b"B" * 8
+    assert call(ops.read, opened(ops, tree.CTL_HOLES), 0, 100) == b"eio\n"
+    assert call(ops.read, opened(ops, tree.CTL_MAPS), 0, 1 << 20).count(b"\n") == 2
 
 
 def test_control_write_and_truncate(ops: Operations, memory_map: MemoryMap,
@@ -137,15 +151,18 @@ def test_control_write_and_truncate(ops: Operations, memory_map: MemoryMap,
     entry = call(ops.setattr, tree.CTL_WORDSIZE, attr,
                  Fields(update_size=True, update_mtime=True), None, Context())
     assert entry.st_size == len(b"unset\n")             # O_TRUNC changes nothing
-    assert call(ops.write, tree.CTL_WORDSIZE, 0, b"64\n") == 3
+    wordsize = opened(ops, tree.CTL_WORDSIZE, os.O_WRONLY)
+    base = opened(ops, tree.CTL_BASE, os.O_WRONLY)
+    mem = opened(ops, tree.MEM)
+    assert call(ops.write, wordsize, 0, b"64\n") == 3
     assert memory_map.wordsize == 64
     assert call(ops.getattr, tree.CTL_WORDSIZE, Context()).st_size == 3
-    assert call(ops.write, tree.CTL_BASE, 0, b"0x5000\n") == 7
+    assert call(ops.write, base, 0, b"0x5000\n") == 7
     assert call(ops.getattr, tree.MEM, Context()).st_size == 0x10
-    assert bytes(call(ops.read, tree.MEM, 0, 100)) == b"B" * 16
+    assert bytes(call(ops.read, mem, 0, 100)) == b"B" * 16
     with caplog.at_level(logging.WARNING, logger="vmemfs.fs"):
-        assert fuse_errno(ops.write, tree.CTL_WORDSIZE, 0, b"16\n") == errno.EINVAL
-        assert fuse_errno(ops.write, tree.CTL_WORDSIZE, 1, b"4") == errno.EINVAL
+        assert fuse_errno(ops.write, wordsize, 0, b"16\n") == errno.EINVAL
+        assert fuse_errno(ops.write, wordsize, 1, b"4") == errno.EINVAL
     assert memory_map.wordsize == 64
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 2
@@ -158,7 +175,7 @@ def test_control_write_and_truncate(ops: Operations, memory_map: MemoryMap,
                       Context()) == errno.EACCES
     assert fuse_errno(ops.setattr, tree.MEM, attr, Fields(update_mtime=True), None,
                       Context()) == errno.EACCES
-    assert fuse_errno(ops.write, tree.MEM, 0, b"x") == errno.EBADF
+    assert fuse_errno(ops.write, mem, 0, b"x") == errno.EACCES   # a read-only handle
 
 
 def test_namespace_changes_are_refused(ops: Operations) -> None:
@@ -205,12 +222,12 @@ def test_readdir(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_statfs(ops: Operations) -> None:
     data = call(ops.statfs, Context())
     assert data.f_blocks == 3                            # 0x2010 bytes in 4 KiB blocks
-    assert data.f_files == 11
+    assert data.f_files == 12
     assert data.f_bfree == data.f_bavail == 0
 
 
 class Broken:
-    """A layout whose every method fails as a bug would."""
+    """A node table and nodes whose every method fails as a bug would."""
 
     def __getattr__(self, name: str) -> Any:
         def fail(*args: Any) -> Any:
@@ -219,10 +236,13 @@ class Broken:
 
 
 def test_an_unexpected_exception_becomes_eio_and_is_logged(
-        caplog: pytest.LogCaptureFixture) -> None:
-    ops = Operations(Broken(), uid=OWNER, gid=OWNER)  # type: ignore[arg-type]
+        caplog: pytest.LogCaptureFixture, memory_map: MemoryMap) -> None:
+    ops = Operations(tree_of(memory_map), uid=OWNER, gid=OWNER)
+    mem = opened(ops, tree.MEM)
+    ops.nodes = Broken()  # type: ignore[assignment]
+    ops.handles = Broken()  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, logger="vmemfs.fs"):
-        assert fuse_errno(ops.read, tree.MEM, 0, 4096) == errno.EIO
+        assert fuse_errno(ops.read, mem, 0, 4096) == errno.EIO
         assert fuse_errno(ops.getattr, tree.ROOT, Context()) == errno.EIO
         assert fuse_errno(ops.lookup, tree.ROOT, b"mem", Context()) == errno.EIO
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]

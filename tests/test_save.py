@@ -14,7 +14,7 @@ import pytest
 
 from vmemfs import HoleError, MemoryMap
 from vmemfs.formats import save as save_module
-from vmemfs.formats.elf import load_elf, read_layout
+from vmemfs.formats.elf import read_layout
 from vmemfs.formats.save import build_headers, save
 
 SETTINGS = [(w, e) for w in (None, 32, 64) for e in (None, "little", "big")]
@@ -57,7 +57,7 @@ def test_round_trip(tmp_path: Path, wordsize: int | None, endian: str | None) ->
     m.wordsize, m.endian = wordsize, endian
     out = tmp_path / "saved.core"
     save(m, out)
-    loaded = load_elf(out)
+    loaded = MemoryMap.load(out)
     assert snapshot(loaded) == snapshot(m)
     assert (loaded.wordsize, loaded.endian) == (wordsize, endian)
     assert len(loaded.mappings) == len(m.extents())
@@ -103,7 +103,7 @@ def test_top_of_the_address_space(tmp_path: Path) -> None:
     m = MemoryMap.of_bytes(b"0123456789abcdef", 2**64 - 16)
     out = tmp_path / "top.core"
     save(m, out)
-    loaded = load_elf(out)
+    loaded = MemoryMap.load(out)
     assert loaded.extents() == [(2**64 - 16, 2**64)]
     assert loaded.get_bytes(2**64 - 16, 16) == b"0123456789abcdef"
 
@@ -118,7 +118,7 @@ def test_many_extents_use_pn_xnum(tmp_path: Path) -> None:
     assert "Number of program headers:         65535 (70001)" in readelf(out)
     layout = read_layout(out)
     assert len(layout.addresses) == 70_000
-    loaded = load_elf(out)
+    loaded = MemoryMap.load(out)
     assert loaded.extents() == m.extents()
     assert loaded.get_bytes(0x10_0000 + 16 * 69_999, 8) == m.get_bytes(
         0x10_0000 + 16 * 69_999, 8)
@@ -128,11 +128,11 @@ def test_machine_kept_and_unknown(tmp_path: Path) -> None:
     m = MemoryMap.of_bytes(b"x", 0)
     m.machine = 20
     save(m, tmp_path / "ppc.core")
-    assert load_elf(tmp_path / "ppc.core").machine == 20
+    assert MemoryMap.load(tmp_path / "ppc.core").machine == 20
     m.machine = None
     save(m, tmp_path / "none.core")
     assert "Machine:                           None" in readelf(tmp_path / "none.core")
-    assert load_elf(tmp_path / "none.core").machine is None
+    assert MemoryMap.load(tmp_path / "none.core").machine is None
 
 
 def test_empty_map(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_empty_map(tmp_path: Path) -> None:
     m.endian = "big"
     out = tmp_path / "empty.core"
     save(m, out)
-    loaded = load_elf(out)
+    loaded = MemoryMap.load(out)
     assert loaded.extents() == []
     assert (loaded.wordsize, loaded.endian) == (None, "big")
     readelf(out)
@@ -169,7 +169,7 @@ def test_buffered_copy_when_copy_file_range_is_refused(
     monkeypatch.setattr(os, "copy_file_range", refuse)
     m = random_map(tmp_path, seed=7)
     save(m, tmp_path / "out.core")
-    assert snapshot(load_elf(tmp_path / "out.core")) == snapshot(m)
+    assert snapshot(MemoryMap.load(tmp_path / "out.core")) == snapshot(m)
 
 
 @pytest.mark.parametrize("copy_range", [True, False])
@@ -184,7 +184,7 @@ def test_small_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     m.add_bytes(os.urandom(5000), 0x5_0000)
     calls: list[int] = []
     save(m, tmp_path / "out.core", progress=lambda done, total: calls.append(done))
-    assert snapshot(load_elf(tmp_path / "out.core")) == snapshot(m)
+    assert snapshot(MemoryMap.load(tmp_path / "out.core")) == snapshot(m)
     assert len(calls) >= m.mapped_bytes() // 1000
 
 
@@ -193,7 +193,7 @@ def test_save_over_a_backing_file(tmp_path: Path) -> None:
     path.write_bytes(b"original bytes")
     m = MemoryMap.of_file(path, 0x100)
     save(m, path)                       # the map keeps reading the old file
-    assert load_elf(path).get_bytes(0x100, 14) == b"original bytes"
+    assert MemoryMap.load(path).get_bytes(0x100, 14) == b"original bytes"
     assert m.get_bytes(0x100, 14) == b"original bytes"
 
 
@@ -207,7 +207,7 @@ def test_mode_kept_and_symlink_followed(tmp_path: Path) -> None:
     save(m, link)
     assert link.is_symlink()
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert load_elf(target).get_bytes(0, 1) == b"x"
+    assert MemoryMap.load(target).get_bytes(0, 1) == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.core", "target.core"]
 
 

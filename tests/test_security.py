@@ -36,11 +36,11 @@ from mounting import (
     traversable_dir,
     unmount,
 )
+from treemodel import tree_of
 
 from vmemfs import MemoryMap
-from vmemfs import layout as tree
 from vmemfs.fs import Operations
-from vmemfs.layout import Layout
+from vmemfs.tree import files as tree
 
 CONTROLS = ("wordsize", "endian", "base", "holes")
 OTHER_USER = "nobody"
@@ -254,7 +254,7 @@ def test_root_refuses_files_others_could_change(mounts: Mounts, tmp_path: Path) 
 def ops() -> Operations:
     memory_map = MemoryMap.of_bytes(b"A" * 0x2000, 0x1000)
     memory_map.add_bytes(b"B" * 16, 0x5000)
-    return Operations(Layout(memory_map), uid=0, gid=0, time_ns=0)
+    return Operations(tree_of(memory_map), uid=0, gid=0, time_ns=0)
 
 
 HOSTILE_NAMES = [
@@ -271,7 +271,8 @@ HOSTILE_NAMES = [
 ]
 DIRECTORIES = (tree.ROOT, tree.EXTENTS, tree.CTL)
 REAL_NAMES = {
-    tree.ROOT: {b"mem": tree.MEM, b"extents": tree.EXTENTS, b".ctl": tree.CTL},
+    tree.ROOT: {b"mem": tree.MEM, b"extents": tree.EXTENTS, b".ctl": tree.CTL,
+                b"at": tree.AT},
     tree.EXTENTS: {b"0000000000001000-0000000000003000": tree.FIRST_EXTENT,
                    b"0000000000005000-0000000000005010": tree.FIRST_EXTENT + 1},
     tree.CTL: {b"wordsize": tree.CTL_WORDSIZE, b"endian": tree.CTL_ENDIAN,
@@ -319,8 +320,10 @@ def test_hostile_names_are_not_found(ops: Operations, host_access: list[str]) ->
         assert lookup(ops, parent, b"..") == tree.ROOT
         for name, inode in REAL_NAMES[parent].items():
             assert lookup(ops, parent, name) == inode
-    # Lookups in a file, or in a node that does not exist, find nothing.
-    for parent in (tree.MEM, tree.CTL_BASE, tree.FIRST_EXTENT, 999, 0):
+    # Lookups in a file find nothing (not a directory), nor in a node that does not exist.
+    for parent in (tree.MEM, tree.CTL_BASE, tree.FIRST_EXTENT):
+        assert lookup(ops, parent, b"mem") == -errno.ENOTDIR
+    for parent in (999, 0):
         assert lookup(ops, parent, b"mem") == -errno.ENOENT
     assert host_access == []
 
@@ -331,7 +334,7 @@ def test_hostile_names_are_not_found(ops: Operations, host_access: list[str]) ->
                       st.sampled_from(HOSTILE_NAMES).flatmap(
                           lambda name: st.binary(max_size=4).map(lambda junk: name + junk))))
 def test_random_names(parent: int, name: bytes) -> None:
-    ops = Operations(Layout(MemoryMap.of_bytes(b"A" * 0x2000, 0x1000)), uid=0, gid=0)
+    ops = Operations(tree_of(MemoryMap.of_bytes(b"A" * 0x2000, 0x1000)), uid=0, gid=0)
     expected = REAL_NAMES[parent].get(name)
     if name == b".":
         expected = parent
@@ -369,7 +372,7 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
     assert os.stat(root / "extents" / ".." / "..").st_ino == os.stat(root.parent).st_ino
     walked = sorted(os.path.relpath(os.path.join(folder, name), root)
                     for folder, dirs, files in os.walk(root) for name in dirs + files)
-    assert walked == sorted([".ctl", "extents", "mem", *(f".ctl/{n}" for n in
+    assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
                                                           (*CONTROLS, "maps")),
                              "extents/0000000000000000-0000000000001000"])
     with pytest.raises(OSError) as caught:

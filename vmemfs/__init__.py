@@ -10,6 +10,8 @@
 from vmemfs.errors import FormatError, HoleError, NoEndianError, NoWordsizeError
 from vmemfs.index import ADDRESS_LIMIT, Piece, SegmentIndex
 from vmemfs.memmap import Mapping, MemoryMap
+from vmemfs.opening import open
+from vmemfs.sources import Source
 
 __all__ = [
     "ADDRESS_LIMIT",
@@ -21,5 +23,7 @@ __all__ = [
     "NoWordsizeError",
     "Piece",
     "SegmentIndex",
+    "Source",
+    "open",
 ]
 __version__ = "0.1.0"

@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
-from vmemfs import ctl
+import vmemfs
+from vmemfs import values
 from vmemfs.errors import (
     HoleError,
     NoEndianError,
@@ -42,6 +43,7 @@ from vmemfs.errors import (
     os_error_message,
 )
 from vmemfs.index import ADDRESS_LIMIT
+from vmemfs.opening import title
 from vmemfs.progress import ProgressBar, format_size
 
 if TYPE_CHECKING:
@@ -119,9 +121,9 @@ def parse_number(text: str) -> int:
     :raises argparse.ArgumentTypeError: for anything else, or a value ``>= 2**64``.
     """
     try:
-        return ctl.parse_quantity(text.strip(), "number")
-    except ctl.ControlValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("number: ")) from None
+        return values.parse_address(text)
+    except values.BadValue as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive(text: str) -> int:
@@ -133,16 +135,16 @@ def _positive(text: str) -> int:
 
 def _wordsize(text: str) -> int | None:
     try:
-        return ctl.parse_wordsize(text)
-    except ctl.ControlValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        return values.parse_wordsize(text)
+    except values.BadValue as error:
+        raise argparse.ArgumentTypeError(f"wordsize: {error}") from None
 
 
 def _endian(text: str) -> str | None:
     try:
-        return ctl.parse_endian(text)
-    except ctl.ControlValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        return values.parse_endian(text)
+    except values.BadValue as error:
+        raise argparse.ArgumentTypeError(f"endian: {error}") from None
 
 
 def _source_options(text: str) -> list[tuple[str, object]]:
@@ -207,18 +209,14 @@ def open_map(source: str, settings: SourceSettings) -> MemoryMap:
     :raises CommandError: (status 1) for a missing, unreadable or malformed source, or an
         option that does not apply to it.
     """
-    from vmemfs.formats import open_source
-
     try:
-        memmap = open_source(source, address=settings.address, offset=settings.offset,
-                             length=settings.length, physical=settings.physical)
+        return vmemfs.open(source, address=settings.address, offset=settings.offset,
+                           length=settings.length, physical=settings.physical,
+                           **settings.overrides)  # type: ignore[arg-type]
     except OSError as error:
         raise CommandError(os_error_message(error, source), EXIT_INPUT) from None
     except ValueError as error:  # FormatError included
         raise CommandError(one_line(error), EXIT_INPUT) from None
-    for name, value in settings.overrides.items():
-        setattr(memmap, name, value)
-    return memmap
 
 
 # -------------------------------------------------------------------- info
@@ -237,17 +235,18 @@ def _range_line(start: int, end: int) -> str:
     return f"  {start:#018x}-{end:#018x}  {size}"
 
 
-def info_lines(memmap: MemoryMap, source: str, kind: str) -> list[str]:
+def info_lines(memmap: MemoryMap, source: str) -> list[str]:
     """The text ``vmemfs info`` prints, one string per line."""
     extents = memmap.extents()
     mappings = memmap.mappings
     lines = [
-        f"source:    {source} ({kind})",
-        f"wordsize:  {ctl.format_wordsize(memmap.wordsize)}",
-        f"endian:    {ctl.format_endian(memmap.endian)}",
-        f"machine:   {_describe_machine(getattr(memmap, 'machine', None))}",
+        f"source:    {source} ({title(memmap)})",
+        f"wordsize:  {values.format_wordsize(memmap.wordsize)}",
+        f"endian:    {values.format_endian(memmap.endian)}",
+        f"machine:   {_describe_machine(memmap.machine)}",
     ]
-    preferred = getattr(memmap, "preferred_base", None)
+    lines.extend(f"{label + ':':<10} {text}" for label, text in memmap.details)
+    preferred = memmap.preferred_base
     if preferred is not None:
         lines.append(f"base:      {preferred:#018x} (from the map file)")
     lines.append(f"mappings:  {len(mappings)} (in order; later ones take precedence)")
@@ -269,12 +268,9 @@ def info_lines(memmap: MemoryMap, source: str, kind: str) -> list[str]:
 
 def command_info(args: argparse.Namespace) -> int:
     """``vmemfs info``: print what SOURCE maps."""
-    from vmemfs.formats import detect
-
     memmap = open_map(args.source, _settings(args))
-    kind = {"elf": "ELF file", "map": "map file", "raw": "raw file"}[detect(args.source)]
     write = sys.stdout.write
-    for line in info_lines(memmap, args.source, kind):
+    for line in info_lines(memmap, args.source):
         write(line + "\n")
     sys.stdout.flush()
     return EXIT_OK

@@ -1,26 +1,25 @@
 """The pyfuse3 adapter: a protocol adapter only.
 
-It translates FUSE requests into calls on a :class:`~vmemfs.layout.Layout` and the
-layout's exceptions into errnos, in one place (:func:`_translated`):
+It translates FUSE requests into calls on the nodes of a :class:`~vmemfs.tree.Tree`,
+and exceptions into errnos in one table (:data:`ERRNOS`, applied by :func:`_translated`):
 
-=========================================  =========================================
-raised by the layout or the map            reply
-=========================================  =========================================
-:class:`~vmemfs.errors.HoleError`          ``EIO``
-:class:`~vmemfs.layout.NotFound`           ``ENOENT``
-:class:`~vmemfs.ctl.ControlValueError`     ``EINVAL``, and one logged warning
-any other exception                        ``EIO``, and a logged traceback
-=========================================  =========================================
+=============================================  =========================================
+raised by a node or the map                    reply
+=============================================  =========================================
+:class:`~vmemfs.tree.nodes.NodeError`          its ``errno`` (``ENOENT``, ``EACCES``,
+                                               ``EISDIR``, ``ENOTDIR``, ``EINVAL``,
+                                               ``EFBIG``)
+:class:`~vmemfs.errors.HoleError`              ``EIO``
+:class:`~vmemfs.errors.NoWordsizeError`,       ``ENODATA``, and one logged line naming
+:class:`~vmemfs.errors.NoEndianError`          ``.ctl/wordsize`` or ``.ctl/endian``
+:class:`~vmemfs.ctl.ControlValueError`         ``EINVAL``, and one logged warning
+any other exception                            ``EIO``, and a logged traceback
+=============================================  =========================================
 
 Nothing can be created, removed, renamed, linked or given extended attributes: those
-requests get ``EACCES`` for every user, root included, as does opening ``mem``,
-``extents/*`` or ``.ctl/maps`` for writing (SPEC §4.6).  Only the mounting user may open
-the writable ``.ctl/`` files for writing.
-
-Caching (SPEC §4.2-§4.4): ``mem`` and ``.ctl/*`` values are served with ``direct_io``
-and attribute timeout 0, so a change of ``base`` or ``holes`` shows at the next read or
-``stat``; ``extents/*`` and ``.ctl/maps`` never change and are served through the page
-cache (``keep_cache``).
+requests get ``EACCES`` for every user, root included (SPEC §4.6).  How the kernel may
+cache a file comes from the node: its attributes say whether they are ``volatile``
+(attribute timeout 0), its handle says ``direct_io`` and ``keep_cache``.
 """
 
 from __future__ import annotations
@@ -31,15 +30,16 @@ import logging
 import os
 import reprlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeVar, cast
 
 import pyfuse3
 
-from vmemfs import layout as tree
 from vmemfs.ctl import ControlValueError
-from vmemfs.errors import HoleError
-from vmemfs.layout import Layout, NotFound
+from vmemfs.errors import HoleError, NoEndianError, NoWordsizeError
+from vmemfs.sources import Buffer
+from vmemfs.tree import Tree
+from vmemfs.tree.nodes import HandleTable, Node, NodeError, Refused
 
 log = logging.getLogger(__name__)
 
@@ -51,68 +51,90 @@ BLOCK_SIZE = 4096
 
 NAME_MAX = 255
 
-assert pyfuse3.ROOT_INODE == tree.ROOT
+ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
+    (HoleError, errno.EIO),
+    (NoWordsizeError, errno.ENODATA),
+    (NoEndianError, errno.ENODATA),
+    (ControlValueError, errno.EINVAL),
+)
+"""Exceptions (other than :class:`NodeError`, which carries its own) to errnos."""
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _errno_of(error: BaseException, where: str) -> int | None:
+    """The errno that answers ``error``, logging what the table says to log; ``None``
+    for an unexpected exception."""
+    if isinstance(error, NodeError):
+        return error.errno
+    for kind, number in ERRNOS:
+        if isinstance(error, kind):
+            if kind is ControlValueError:
+                log.warning("refused: %s", error)
+            elif number == errno.ENODATA:
+                setting = ".ctl/wordsize" if kind is NoWordsizeError else ".ctl/endian"
+                log.info("%s: %s is unset", where, setting)
+            return number
+    return None
+
+
+def _failure(error: Exception, handler: Callable[..., Any], args: tuple[Any, ...]) -> NoReturn:
+    """Raise the ``FUSEError`` that answers ``error`` (see :data:`ERRNOS`)."""
+    number = _errno_of(error, handler.__name__)
+    if number is None:
+        log.exception("unexpected error in %s%s", handler.__name__, reprlib.repr(args[1:]))
+        number = errno.EIO
+    raise pyfuse3.FUSEError(number) from None
 
 
 def _translated(handler: Handler) -> Handler:
-    """Make a synchronous handler a pyfuse3 one whose only exception is ``FUSEError``."""
+    """Make a handler one whose only exception is ``FUSEError``."""
 
     @functools.wraps(handler)
     async def translate(*args: Any) -> Any:
         try:
-            return handler(*args)
+            return await handler(*args)
         except pyfuse3.FUSEError:
             raise
-        except HoleError:
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except NotFound:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except ControlValueError as error:
-            log.warning("refused: %s", error)
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
-        except Exception:
-            log.exception("unexpected error in %s%s", handler.__name__, reprlib.repr(args[1:]))
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as error:
+            _failure(error, handler, args)
 
-    return translate  # type: ignore[return-value]
-
-
-def _refuse() -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(errno.EACCES)
+    return cast(Handler, translate)
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 operations over a :class:`~vmemfs.layout.Layout`.
+    """pyfuse3 operations over a :class:`~vmemfs.tree.Tree`.
 
     ``uid`` and ``gid`` own every node (the mounting user's); ``uid`` is the only user
-    allowed to write ``.ctl/``.  File handles are inode numbers: nothing is allocated per
-    open.
+    allowed to write ``.ctl/``.
     """
 
     enable_writeback_cache = False
     enable_acl = False
     supports_dot_lookup = True
 
-    def __init__(self, layout: Layout, *, uid: int, gid: int,
-                 time_ns: int | None = None) -> None:
+    def __init__(self, tree: Tree, *, uid: int, gid: int, time_ns: int | None = None,
+                 private: bool = False) -> None:
         super().__init__()
-        self.layout = layout
+        self.tree = tree
+        self.nodes = tree.table
+        self.handles = HandleTable()
         self.uid = uid
         self.gid = gid
         self.time_ns = time.time_ns() if time_ns is None else time_ns
+        self.mode_mask = ~0o077 if private else ~0
+        """``private``: no permission bits for group and others (a live process)."""
 
     # ---------------------------------------------------------------- attributes
 
-    def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
-        attributes = self.layout.attributes(inode)
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attributes = node.attributes()
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = inode
+        entry.st_ino = node.inode
         entry.generation = 0
         entry.entry_timeout = STATIC_TIMEOUT
         entry.attr_timeout = 0 if attributes.volatile else STATIC_TIMEOUT
-        entry.st_mode = attributes.mode
+        entry.st_mode = attributes.mode & self.mode_mask
         entry.st_nlink = attributes.nlink
         entry.st_uid = self.uid
         entry.st_gid = self.gid
@@ -123,174 +145,182 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self.time_ns
         return entry
 
+    def _remembered(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The entry for a lookup reply; counts the lookup the kernel will forget."""
+        try:
+            entry = self._entry(node)
+        except BaseException:
+            self.nodes.release_unremembered(node)
+            raise
+        self.nodes.remember(node)
+        return entry
+
     @_translated
-    def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.nodes.get(parent_inode)
         if name == b".":
-            inode = parent_inode
+            node = parent
         elif name == b"..":
-            inode = tree.ROOT
+            node = parent.parent or parent
         else:
-            inode = self.layout.lookup(parent_inode, name)
-        return self._entry(inode)
+            node = parent.lookup(name)
+        return self._remembered(node)
 
     @_translated
-    def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._entry(inode)
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.nodes.get(inode))
 
     @_translated
-    def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
-        """Accept only truncation of a ``.ctl/`` value to 0 (``O_TRUNC``), which changes
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """Accept only truncation of a control value to 0 (``O_TRUNC``), which changes
         nothing; time updates that come with it are ignored."""
-        if (self.layout.control_name(inode) is None or ctx.uid != self.uid
-                or fields.update_mode or fields.update_uid or fields.update_gid):
-            raise _refuse()
+        node = self.nodes.get(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise Refused(inode)
+        node.truncate(ctx.uid == self.uid)
         if fields.update_size and attr.st_size != 0:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return self._entry(inode)
+        return self._entry(node)
+
+    @_translated
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.nodes.get(inode).readlink()
+
+    @_translated
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        forget = self.nodes.forget
+        for inode, count in inode_list:
+            forget(inode, count)
 
     # ---------------------------------------------------------------- files
 
     @_translated
-    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        layout = self.layout
-        if layout.is_directory(inode):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        writing = flags & os.O_ACCMODE != os.O_RDONLY
-        if layout.control_name(inode) is not None:
-            if writing and ctx.uid != self.uid:
-                raise _refuse()
-            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
-        layout.attributes(inode)  # NotFound for an inode the tree does not have
-        if writing:
-            raise _refuse()
-        if inode == tree.MEM:
-            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
-        return pyfuse3.FileInfo(fh=inode, direct_io=False, keep_cache=True)
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.nodes.get(inode)
+        handle = node.open(flags & os.O_ACCMODE != os.O_RDONLY, ctx.uid == self.uid)
+        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=handle.direct_io,
+                                keep_cache=handle.keep_cache)
 
     @_translated
-    def read(self, fh: int, off: int, size: int) -> Any:
-        if fh == tree.MEM:
-            return self.layout.read_mem(off, size)
-        if fh >= tree.FIRST_EXTENT:
-            return self.layout.read_extent(fh, off, size)
-        return self.layout.read_text(fh, off, size)
+    async def read(  # type: ignore[override]  # a buffer, not only bytes
+            self, fh: int, off: int, size: int) -> Buffer:
+        handle = self.handles.get(fh)
+        if handle.asynchronous:
+            return await handle.read_async(off, size)
+        return handle.read(off, size)
 
     @_translated
-    def write(self, fh: int, off: int, buf: bytes) -> int:
-        if self.layout.control_name(fh) is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return self.layout.write_control(fh, off, buf)
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.handles.get(fh).write(off, buf)
 
     @_translated
-    def flush(self, fh: int) -> None:
+    async def flush(self, fh: int) -> None:
         return None
 
     @_translated
-    def release(self, fh: int) -> None:
-        return None
+    async def release(self, fh: int) -> None:
+        self.handles.release(fh)
 
     @_translated
-    def fsync(self, fh: int, datasync: bool) -> None:
+    async def fsync(self, fh: int, datasync: bool) -> None:
         return None
 
     # ---------------------------------------------------------------- directories
 
     @_translated
-    def opendir(self, inode: int, ctx: Any) -> int:
-        if not self.layout.is_directory(inode):
-            self.layout.attributes(inode)  # NotFound first
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.nodes.get(inode)
+        if not node.is_directory():
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @_translated
-    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         reply = pyfuse3.readdir_reply
-        for name, inode, next_id in self.layout.entries(fh, start_id):
-            if not reply(token, name, self._entry(inode), next_id):
+        for name, node, next_id in self.nodes.get(fh).entries(start_id):
+            if not reply(token, name, self._entry(node), next_id):
+                self.nodes.release_unremembered(node)
                 break
+            self.nodes.remember(node)
 
     @_translated
-    def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: int) -> None:
         return None
 
     @_translated
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
     @_translated
-    def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
-        data.f_blocks = -(-self.layout.mapped_bytes // BLOCK_SIZE)
+        data.f_blocks = -(-self.tree.state.mapped_bytes // BLOCK_SIZE)
         data.f_bfree = data.f_bavail = 0
-        data.f_files = self.layout.inode_count
+        data.f_files = self.nodes.node_count
         data.f_ffree = data.f_favail = 0
         data.f_namemax = NAME_MAX
         return data
 
-    @_translated
-    def readlink(self, inode: int, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(errno.EINVAL)
-
-    @_translated
-    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        return None  # every node lives as long as the mount
-
     # ---------------------------------------------------------------- refused
 
     @_translated
-    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-               ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _refuse()
+    async def create(
+            self, parent_inode: int, name: bytes, mode: int, flags: int,
+            ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise Refused(name)
 
     @_translated
-    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-              ctx: Any) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise Refused(name)
 
     @_translated
-    def mkdir(self, parent_inode: int, name: bytes, mode: int,
-              ctx: Any) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise Refused(name)
 
     @_translated
-    def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                ctx: Any) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise Refused(name)
 
     @_translated
-    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-             ctx: Any) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise Refused(new_name)
 
     @_translated
-    def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        raise _refuse()
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise Refused(name)
 
     @_translated
-    def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        raise _refuse()
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise Refused(name)
 
     @_translated
-    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-               name_new: bytes, flags: int, ctx: Any) -> None:
-        raise _refuse()
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        raise Refused(name_old)
 
     @_translated
-    def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise _refuse()
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        raise Refused(name)
 
     @_translated
-    def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise _refuse()
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise Refused(name)
 
     @_translated
-    def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        self.layout.attributes(inode)
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self.nodes.get(inode)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_translated
-    def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        self.layout.attributes(inode)
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self.nodes.get(inode)
         return []

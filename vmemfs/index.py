@@ -262,7 +262,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     def _set_base(self, starts: np.ndarray, lasts: np.ndarray, sources: np.ndarray,
                   deltas: np.ndarray) -> None:
         self._starts, self._lasts, self._sources, self._deltas = starts, lasts, sources, deltas
-        self._views = tuple(memoryview(a) for a in (starts, lasts, sources, deltas))
+        self._views = tuple(memoryview(a.data) for a in (starts, lasts, sources, deltas))
         self._sample = starts[::_SAMPLE].tolist()
 
     def _base_position(self, address: int) -> int:

@@ -11,6 +11,7 @@ import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping as AbstractMapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,6 +79,17 @@ class MemoryMap:
         self._endian: Endian | None = None
         self.machine: int | None = None
         """The ELF ``e_machine`` of a loaded ELF, kept when saving (``None``: unknown)."""
+        self.format: str | None = None
+        """What :func:`vmemfs.open` found the source to be (``"elf"``, ``"kdump"``, ...)."""
+        self.details: list[tuple[str, str]] = []
+        """What the format tells about the source, as ``(label, text)`` lines for
+        ``vmemfs info`` (compression, pages dumped, kernel release, ...)."""
+        self.preferred_base: int | None = None
+        """The ``base`` a map file asks a mount to use, or ``None``."""
+        self.vmcoreinfo: bytes | None = None
+        """A kernel dump's VMCOREINFO text (SPEC §3.5), or ``None``."""
+        self.symbols: AbstractMapping[str, int] | None = None
+        """Symbol names to addresses when a symbol table was given (SPEC §3.9)."""
 
     # ---------------------------------------------------------------- building
 
@@ -287,14 +299,19 @@ class MemoryMap:
         add_elf(self, path, physical=physical)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> MemoryMap:
+    def load(cls, path: str | os.PathLike[str], *, physical: bool = False) -> MemoryMap:
         """A new map from any ELF file, including one written by :meth:`save`.
 
         :raises vmemfs.FormatError: if the file is not a well-formed ELF.
+        :raises OSError: if it cannot be read.
         """
-        from vmemfs.formats.elf import load_elf
-
-        return load_elf(path)
+        memmap = cls()
+        try:
+            memmap.add_elf(path, physical=physical)
+        except BaseException:
+            memmap.close()
+            raise
+        return memmap
 
     def save(self, path: str | os.PathLike[str],
              progress: Callable[[int, int], None] | None = None) -> None:
@@ -688,11 +705,6 @@ class MemoryMap:
         """The names of the files that mappings were added from, in the order opened."""
         return [source.name for number, source in enumerate(self._sources)
                 if number in self._used_sources and isinstance(source, FileSource)]
-
-    @property
-    def mapping_count(self) -> int:
-        """How many mappings were added (``len(mappings)``, without building them)."""
-        return self._mapping_count
 
     def extents(self) -> list[tuple[int, int]]:
         """Maximal runs ``(start, end)`` of mapped addresses, ascending.

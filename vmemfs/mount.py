@@ -1,8 +1,9 @@
-"""``mount.vmemfs``: options, the source, the mount point, daemonizing, signals (SPEC §5).
+"""``mount.vmemfs``: the source, the mount point, daemonizing, signals (SPEC §5).
 
 ``mount.vmemfs SOURCE MOUNTPOINT [-o OPTIONS] [-f] [-v] [-n] [-s]`` follows mount(8)'s
 helper convention, so ``mount -t vmemfs`` (and ``mount -t fuse.vmemfs`` through the name
-``mount.fuse.vmemfs``) and ``/etc/fstab`` lines work.
+``mount.fuse.vmemfs``) and ``/etc/fstab`` lines work.  The command line is parsed by
+:mod:`vmemfs.options`.
 
 Lifecycle: everything that can be checked is checked in the calling process (the
 options, the source and every file it names, the mount point).  Without ``-f`` the
@@ -28,216 +29,36 @@ import signal
 import stat
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import pyfuse3
 import trio
 
-from vmemfs import ctl
+import vmemfs
+from vmemfs import ctl, tree
 from vmemfs.errors import one_line, os_error_message
+from vmemfs.formats import process, symbols
 from vmemfs.fs import Operations
-from vmemfs.layout import Layout
+from vmemfs.memmap import MemoryMap
+from vmemfs.options import (
+    EXIT_MOUNT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROGRAM,
+    SUBTYPE,
+    USAGE,
+    Invocation,
+    MountError,
+    UsageError,
+    parse_command_line,
+)
+from vmemfs.tree import MountState
 
-PROGRAM = "mount.vmemfs"
-EXIT_OK = 0
-EXIT_USAGE = 1
-EXIT_MOUNT_FAILED = 32
-"""mount(8)'s exit status for "mount failure"."""
-
-SUBTYPE = "vmemfs"
-FILESYSTEM_TYPES = ("vmemfs", "fuse.vmemfs")
-
-USAGE = f"""\
-usage: {PROGRAM} SOURCE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-v] [-n] [-s]
-
-Mount SOURCE (an ELF core or executable, a TOML map file, or any other file as raw
-bytes) at MOUNTPOINT: MOUNTPOINT/mem, MOUNTPOINT/extents/, MOUNTPOINT/.ctl/.
-
-options (-o, comma-separated, may be repeated):
-  address=A, offset=O, length=N   place a raw SOURCE's bytes [O, O+N) at address A
-                                  (decimal or 0x hex, optional K/M/G/T suffix)
-  physical                        ELF: place loads at p_paddr instead of p_vaddr
-  base=A                          the address shown at offset 0 of mem
-  wordsize=32|64|unset            word size of the map (overrides SOURCE's)
-  endian=little|big|le|be|unset   byte order of the map (overrides SOURCE's)
-  holes=eio|zero                  how mem reads holes (default eio)
-  allow_other                     let other users read the mount
-  fsname=NAME                     what /proc/mounts shows as source
-  auto_unmount                    unmount when the daemon dies
-  debug                           log debug messages
-  foreground                      same as -f
-  ro, nodev, nosuid, noexec, ...  passed on to the kernel; rw, defaults, noauto,
-                                  user, users, nofail, _netdev, x-* are accepted
-flags:
-  -f  stay in the foreground, log to stderr
-  -v  say what was mounted, and the daemon's process id
-  -s  sloppy: warn about unknown options instead of failing
-  -n  accepted for mount(8) (there is no mtab to update)
-
-example:
-  {PROGRAM} vmcore /mnt/vmcore -o ro,holes=zero
-"""
-
-_FLAG_OPTIONS = frozenset({
-    "physical", "allow_other", "debug", "foreground", "auto_unmount"})
-_VALUE_OPTIONS = frozenset({
-    "address", "offset", "length", "base", "wordsize", "endian", "holes", "fsname"})
-_KERNEL_FLAGS = frozenset({
-    "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",
-    "noatime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime"})
-"""mount(8) flags handed on to libfuse, which applies them to the kernel mount."""
-_DROPPED_FLAGS = frozenset({
-    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
-    "nofail", "_netdev"})
-"""mount(8) and fstab flags that mean nothing to a FUSE daemon."""
+__all__ = ["MountError", "UsageError", "check_mountpoint", "fuse_options", "main",
+           "parse_command_line"]
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(Exception):
-    """A bad command line, option or source: one line, exit status 1."""
-
-
-class MountError(Exception):
-    """The mount itself failed (the mount point, libfuse, the kernel): exit status 32."""
-
-
-# -------------------------------------------------------------------- the command line
-
-
-@dataclass
-class MountOptions:
-    """What ``-o`` said, checked."""
-
-    address: int | None = None
-    offset: int | None = None
-    length: int | None = None
-    physical: bool = False
-    base: int | None = None
-    controls: dict[str, Any] = field(default_factory=dict)
-    """``wordsize`` and ``endian`` as given (``None`` means "unset")."""
-    holes: str = ctl.HOLES_EIO
-    allow_other: bool = False
-    auto_unmount: bool = False
-    fsname: str | None = None
-    debug: bool = False
-    foreground: bool = False
-    kernel_flags: list[str] = field(default_factory=list)
-    """mount(8) flags for libfuse (``ro``, ``nodev``, ...), in the order given."""
-
-
-@dataclass
-class Invocation:
-    """A parsed ``mount.vmemfs`` command line."""
-
-    source: str
-    mountpoint: str
-    options: MountOptions
-    verbose: bool = False
-    sloppy: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-
-def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) -> str | None:
-    """Apply one ``-o`` option (``NAME`` or ``NAME=VALUE``) to ``options``.
-
-    Returns a warning to print (an unknown option under ``sloppy``), else ``None``.
-
-    :raises UsageError: for an unknown option, a bad value, a value given to a flag, or
-        a missing value.
-    """
-    name, equals, value = option.partition("=")
-    if name in _FLAG_OPTIONS:
-        if equals:
-            raise UsageError(f"option {name!r} takes no value")
-        setattr(options, name, True)
-        return None
-    if name in _VALUE_OPTIONS:
-        if not equals or not value:
-            raise UsageError(f"option {name!r} needs a value: {name}=...")
-        try:
-            _set_value_option(options, name, value)
-        except ctl.ControlValueError as error:
-            raise UsageError(f"option {error}") from None
-        return None
-    if option in _KERNEL_FLAGS:
-        options.kernel_flags.append(option)
-        return None
-    if option in _DROPPED_FLAGS or option.startswith(("x-", "comment=")) or not option:
-        return None
-    if sloppy:
-        return f"ignoring unknown option {option!r}"
-    raise UsageError(f"unknown option {option!r}")
-
-
-def _set_value_option(options: MountOptions, name: str, value: str) -> None:
-    if name in ("address", "offset", "length"):
-        setattr(options, name, ctl.parse_quantity(value, name))
-    elif name == "base":
-        options.base = ctl.parse_base(value)
-    elif name in (ctl.WORDSIZE, ctl.ENDIAN):
-        options.controls[name] = ctl.parse(name, value)
-    elif name == "holes":
-        options.holes = ctl.parse_holes(value)
-    else:
-        options.fsname = value
-
-
-def parse_command_line(argv: Sequence[str]) -> Invocation:
-    """Parse ``mount.vmemfs``'s arguments (without the program name).
-
-    Accepts ``-o`` (repeatable, also ``-oOPTIONS``), ``-f``, ``-v``, ``-n``, ``-s``,
-    the ``-t TYPE`` mount(8) adds for ``fuse.vmemfs``, and flags grouped as ``-fv``.
-
-    :raises UsageError: for anything else, or not exactly two operands.
-    """
-    operands: list[str] = []
-    option_texts: list[str] = []
-    flags: set[str] = set()
-    arguments = list(argv)
-    position = 0
-    while position < len(arguments):
-        argument = arguments[position]
-        position += 1
-        if argument == "--":
-            operands.extend(arguments[position:])
-            break
-        if not argument.startswith("-") or argument == "-":
-            operands.append(argument)
-            continue
-        letters = argument[1:]
-        while letters:
-            letter, letters = letters[0], letters[1:]
-            if letter in "ot":
-                if not letters:
-                    if position == len(arguments):
-                        raise UsageError(f"option -{letter} needs an argument")
-                    letters = arguments[position]
-                    position += 1
-                if letter == "o":
-                    option_texts.append(letters)
-                elif letters not in FILESYSTEM_TYPES:
-                    raise UsageError(f"-t {letters!r}: this helper mounts type vmemfs only")
-                letters = ""
-            elif letter in "fvns":
-                flags.add(letter)
-            else:
-                raise UsageError(f"unknown flag {'-' + letter!r} (see {PROGRAM} --help)")
-    if len(operands) != 2:
-        raise UsageError(f"expected SOURCE and MOUNTPOINT, got {len(operands)} operands "
-                         f"(see {PROGRAM} --help)")
-    options = MountOptions(foreground="f" in flags)
-    invocation = Invocation(operands[0], operands[1], options, verbose="v" in flags,
-                            sloppy="s" in flags)
-    for text in option_texts:
-        for option in text.split(","):
-            warning = parse_option(option, options, sloppy=invocation.sloppy)
-            if warning:
-                invocation.warnings.append(warning)
-    return invocation
 
 
 # -------------------------------------------------------------------- the source
@@ -275,20 +96,23 @@ def check_trusted(paths: Sequence[str]) -> None:
             raise UsageError(f"refusing to mount as root: {problem}")
 
 
-def open_map(invocation: Invocation) -> Any:
-    """Open the source as a memory map, with the ``wordsize``/``endian`` options applied.
+def open_map(invocation: Invocation) -> MemoryMap:
+    """Open the source through :func:`vmemfs.open`, with the options applied.
 
     :raises UsageError: for a missing, unreadable or malformed source, an option that
         does not apply to it, or (as root) a source that is not trusted.
     """
-    from vmemfs.formats import open_source
-
-    options = invocation.options
     source = invocation.source
-    check_trusted([source])
+    live = process.parse_process_spec(source) is not None
+    if live and invocation.options.allow_other:
+        raise UsageError(f"{source}: allow_other is refused for a live process (it would "
+                         "show the process's memory to every user)")
+    if not live:
+        check_trusted([source])
+    if invocation.options.symbols:
+        check_trusted([symbols.parse_symbols_option(invocation.options.symbols)[0]])
     try:
-        memory_map = open_source(source, address=options.address, offset=options.offset,
-                                 length=options.length, physical=options.physical)
+        memory_map = vmemfs.open(source, **invocation.options.source_options())
     except OSError as error:  # the source, or a file a map file names
         raise UsageError(os_error_message(error, source)) from None
     except ValueError as error:  # FormatError included
@@ -299,20 +123,18 @@ def open_map(invocation: Invocation) -> Any:
     except UsageError:
         memory_map.close()
         raise
-    for name, value in options.controls.items():
-        setattr(memory_map, name, value)
     return memory_map
 
 
-def choose_base(invocation: Invocation, memory_map: Any, layout_default: int) -> tuple[int, str]:
+def choose_base(invocation: Invocation, memory_map: MemoryMap,
+                default: int) -> tuple[int, str]:
     """The base to mount with, and why: the option, the map file's ``base``, or the rule
     of SPEC §4.1."""
     if invocation.options.base is not None:
         return invocation.options.base, "the base= option"
-    preferred = getattr(memory_map, "preferred_base", None)
-    if preferred is not None:
-        return preferred, "the map file"
-    return layout_default, "the lowest extent rounded down to a multiple of 2**32"
+    if memory_map.preferred_base is not None:
+        return memory_map.preferred_base, "the map file"
+    return default, "the lowest extent rounded down to a multiple of 2**32"
 
 
 # -------------------------------------------------------------------- the mount point
@@ -381,7 +203,9 @@ def _escape_option_value(value: str) -> str:
 def fuse_options(invocation: Invocation) -> set[str]:
     """The options handed to libfuse: never one of vmemfs's own (SPEC §5.2)."""
     options = invocation.options
-    fsname = options.fsname or os.path.abspath(invocation.source)
+    source = invocation.source
+    live = process.parse_process_spec(source) is not None
+    fsname = options.fsname or (source if live else os.path.abspath(source))
     result = {f"fsname={_escape_option_value(fsname)}", f"subtype={SUBTYPE}",
               "default_permissions"}
     if options.allow_other:
@@ -505,8 +329,8 @@ def serve(mountpoint: str) -> int:
 
 def _configure_logging(*, foreground: bool, debug: bool) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if foreground:
         handler = logging.StreamHandler(sys.stderr)
@@ -538,17 +362,19 @@ def _prepare(invocation: Invocation) -> tuple[Operations, str, set[str]]:
     """Load and check everything before mounting; messages for the user on stderr."""
     memory_map = open_map(invocation)
     mountpoint = check_mountpoint(invocation.mountpoint)
-    layout = Layout(memory_map, holes=invocation.options.holes)
-    base, reason = choose_base(invocation, memory_map, layout.default_base)
+    state = MountState(memory_map, holes=invocation.options.holes)
+    base, reason = choose_base(invocation, memory_map, state.default_base)
     try:
-        layout.set_base(base)
+        state.set_base(base)
     except ctl.ControlValueError as error:
         raise UsageError(f"{invocation.source}: {error}") from None
-    if not layout.extent_count:
+    if not state.extents:
         _say(f"{invocation.source} maps nothing: the mount is empty")
     elif base and invocation.options.base is None:
         _say(f"base {base:#018x} ({reason}): mem offset 0 is address {base:#x}")
-    operations = Operations(layout, uid=os.getuid(), gid=os.getgid())
+    # A live process's memory is for the mounting user alone (modes 0400/0500).
+    operations = Operations(tree.build(state), uid=os.getuid(), gid=os.getgid(),
+                            private=memory_map.volatile)
     return operations, mountpoint, fuse_options(invocation)
 
 

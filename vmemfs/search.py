@@ -9,17 +9,22 @@ hole, because extents end at holes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from vmemfs.memmap import MemoryMap
+
+class Searchable(Protocol):
+    """What a search needs of a map (a :class:`vmemfs.MemoryMap`)."""
+
+    def extents(self) -> list[tuple[int, int]]: ...
+    def read_into(self, address: int, buffer: memoryview | bytearray) -> int: ...
+    def lost_bytes_end(self, address: int) -> int: ...
 
 CHUNK = 8 << 20
 """Bytes read per step of a scan."""
 
 
 def iter_matches(
-    memmap: MemoryMap,
+    memmap: Searchable,
     pattern: bytes,
     start: int | None = None,
     *,

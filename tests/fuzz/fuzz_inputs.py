@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["vmemfs"]):
     from vmemfs import ctl
-    from vmemfs.formats import open_source
+    from vmemfs import open as open_source
     from vmemfs.formats.dump import Dump
     from vmemfs.formats.kdump import open_kdump
     from vmemfs.formats.lime import open_lime

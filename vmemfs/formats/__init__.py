@@ -1,5 +1,1 @@
-"""Sources and formats: raw files, ELF files, map files, and the save format (SPEC §3)."""
-
-from vmemfs.formats.detect import detect, open_source
-
-__all__ = ["detect", "open_source"]
+"""Source formats: each module reads or writes one (SPEC §3; see vmemfs.opening)."""

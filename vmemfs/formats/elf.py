@@ -21,14 +21,12 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from vmemfs.errors import FormatError
-
-if TYPE_CHECKING:
-    from vmemfs.memmap import MemoryMap
+from vmemfs.errors import FormatError, one_line
+from vmemfs.values import Endian
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -204,7 +202,7 @@ def _xnum_count(fd: int, name: str, file_size: int, elfclass: int, order: str,
             f"end of the file ({file_size:#x})"
         )
     (count,) = struct.unpack(order + "I", _pread_exact(fd, 4, at))
-    return count
+    return int(count)
 
 
 def read_program_headers(fd: int, name: str, header: ElfHeader, file_size: int) -> np.ndarray:
@@ -361,7 +359,18 @@ def parse_settings(desc: bytes, name: str) -> tuple[int | None, str | None]:
     return wordsize, endian
 
 
-def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool = False) -> None:
+class ElfTarget(Protocol):
+    """What :func:`add_elf` needs of a map (a :class:`vmemfs.MemoryMap`)."""
+
+    wordsize: int | None
+    endian: Endian | None
+    machine: int | None
+
+    def add_file_arrays(self, src: str | os.PathLike[str], addresses: np.ndarray,
+                        offsets: np.ndarray, lengths: np.ndarray, *, kind: str) -> None: ...
+
+
+def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool = False) -> None:
     """Add every ``PT_LOAD`` of the ELF at ``path`` to ``memmap``, in header order.
 
     Each load with ``p_filesz > 0`` maps ``[p_vaddr, p_vaddr + p_filesz)`` (``p_paddr``
@@ -396,26 +405,11 @@ def add_elf(memmap: MemoryMap, path: str | os.PathLike[str], *, physical: bool =
         except FormatError:
             raise
         except ValueError as error:
-            raise FormatError(f"{name}: {' '.join(str(error).split())}") from None
+            raise FormatError(f"{name}: {one_line(error)}") from None
     if layout.wordsize is not None:
         memmap.wordsize = layout.wordsize
     if layout.endian is not None:
-        memmap.endian = layout.endian
+        memmap.endian = "big" if layout.endian == "big" else "little"
     machine = layout.header.machine
-    if machine != EM_NONE and getattr(memmap, "machine", None) is None:
+    if machine != EM_NONE and memmap.machine is None:
         memmap.machine = machine
-
-
-def load_elf(path: str | os.PathLike[str], *, physical: bool = False) -> MemoryMap:
-    """A new map holding the loads of the ELF at ``path`` (see :func:`add_elf`).
-
-    An ELF without loads gives an empty map (the caller may say so).
-
-    :raises FormatError: for a truncated or corrupt file.
-    :raises OSError: if the file cannot be opened or read.
-    """
-    from vmemfs.memmap import MemoryMap
-
-    memmap = MemoryMap()
-    add_elf(memmap, path, physical=physical)
-    return memmap

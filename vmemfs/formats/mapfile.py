@@ -41,25 +41,16 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vmemfs.errors import FormatError, one_line
-from vmemfs.index import ADDRESS_LIMIT
-
-if TYPE_CHECKING:
-    from vmemfs.memmap import MemoryMap
+from vmemfs import values
+from vmemfs.errors import FormatError, one_line, os_error_message
+from vmemfs.formats.elf import add_elf
+from vmemfs.memmap import MemoryMap
 
 MAX_MAPFILE_SIZE = 16 << 20
 """A map file is read whole; anything larger is not taken for one."""
 
-_INT_PATTERN = re.compile(
-    r"(?:0[xX](?P<hex>[0-9a-fA-F](?:_?[0-9a-fA-F])*)"
-    r"|0[oO](?P<oct>[0-7](?:_?[0-7])*)"
-    r"|0[bB](?P<bin>[01](?:_?[01])*)"
-    r"|(?P<dec>[0-9](?:_?[0-9])*))"
-)
-_MAX_DIGITS = 200
-"""Longer digit strings are refused before ``int()`` sees them (no 2**64 needs more)."""
 _MAP_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*map[ \t]*\]\]", re.MULTILINE)
 
 _KINDS = ("file", "elf", "hex", "text")
@@ -70,56 +61,27 @@ _KEYS = {
     "text": ("address",),
 }
 _TOP_KEYS = ("wordsize", "endian", "base", "map")
-_ENDIANS = {"little": "little", "le": "little", "big": "big", "be": "big", "unset": None}
-_WORDSIZES: dict[object, int | None] = {32: 32, 64: 64, "32": 32, "64": 64, "unset": None}
-
-
-def _show(value: object, limit: int = 40) -> str:
-    """``repr`` of a value from the file, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_int(value: object) -> int:
-    """Return the non-negative integer a map-file value stands for.
-
-    Accepts a TOML integer or a string in decimal, ``0x`` hex, ``0o`` octal or ``0b``
-    binary, with single underscores between digits and spaces around it.
+    """The non-negative integer a map-file value stands for (see :mod:`vmemfs.values`).
 
     >>> parse_int("0xffff_ffff_8100_0000")
     18446744071578845184
-    >>> parse_int(4096)
-    4096
+    >>> parse_int(4096), parse_int("4K")
+    (4096, 4096)
 
-    :raises ValueError: for anything else (booleans, floats, negative numbers, junk);
-        the message is ``not an integer: <value>``.
+    :raises BadValue: (a ``ValueError``) for anything else.
     """
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"negative: {value}")
-        return value
-    if isinstance(value, str):
-        match = _INT_PATTERN.fullmatch(value.strip())
-        if match:
-            for group, base in (("hex", 16), ("oct", 8), ("bin", 2), ("dec", 10)):
-                digits = match.group(group)
-                if digits is not None and len(digits) <= _MAX_DIGITS:
-                    return int(digits.replace("_", ""), base)
-    raise ValueError(f"not an integer: {_show(value)}")
+    return values.parse_size(value)  # type: ignore[arg-type]  # checked there
 
 
 def parse_address(value: object) -> int:
-    """Return ``value`` as an address in ``[0, 2**64)`` (see :func:`parse_int`).
+    """``value`` as an address in ``[0, 2**64)`` (see :mod:`vmemfs.values`).
 
-    :raises ValueError: ``not an address: <value>``.
+    :raises BadValue: (a ``ValueError``) for anything else.
     """
-    try:
-        address = parse_int(value)
-    except ValueError:
-        raise ValueError(f"not an address: {_show(value)}") from None
-    if address >= ADDRESS_LIMIT:
-        raise ValueError(f"not an address (2**64 or more): {_show(value)}")
-    return address
+    return values.parse_address(value)  # type: ignore[arg-type]  # checked there
 
 
 def looks_like_mapfile(head: bytes) -> bool:
@@ -187,11 +149,11 @@ def read_mapfile(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def load_mapfile(path: str | os.PathLike[str]) -> MemoryMap:
-    """Build a new :class:`~vmemfs.memmap.MemoryMap` from the map file at ``path``.
+    """A new map holding the mappings of the map file at ``path``.
 
     Mappings are added in table order (later tables win where they overlap); then the
-    top-level ``wordsize`` and ``endian`` are applied.  The returned map carries the
-    attribute ``preferred_base`` (the top-level ``base``, or ``None``).
+    top-level ``wordsize`` and ``endian`` are applied, and ``base`` is kept as the map's
+    ``preferred_base``.
 
     Cost: reads the map file whole; data files are opened and held, never read, except
     for ELF headers.
@@ -205,7 +167,9 @@ def load_mapfile(path: str | os.PathLike[str]) -> MemoryMap:
     document = read_mapfile(path)
     if document is None:
         raise FormatError(f"{name}: not a map file (a TOML document with [[map]] tables)")
-    return build_map(document, name, os.path.dirname(os.path.abspath(path)), _identity(path))
+    memmap = MemoryMap()
+    build_map(document, name, os.path.dirname(os.path.abspath(path)), memmap, _identity(path))
+    return memmap
 
 
 def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -220,36 +184,34 @@ def build_map(
     document: dict[str, Any],
     name: str,
     folder: str,
+    memmap: MemoryMap,
     identity: tuple[int, int] | None = None,
-) -> MemoryMap:
-    """Build a map from a parsed map-file ``document`` (see :func:`load_mapfile`).
+) -> None:
+    """Fill ``memmap`` from a parsed map-file ``document`` (see :func:`load_mapfile`).
 
     ``name`` is used in messages, ``folder`` resolves relative paths, ``identity``
     (``(st_dev, st_ino)`` of the map file) lets a table that names the map file itself
-    be refused.
+    be refused.  On an error the files opened so far are closed.
     """
-    from vmemfs.formats.elf import add_elf
-    from vmemfs.memmap import MemoryMap
 
     for key in document:
         if key not in _TOP_KEYS:
             raise FormatError(
                 f"{name}: {key}: unknown key (top-level keys: {', '.join(_TOP_KEYS)})"
             )
-    wordsize = _top_value(document, "wordsize", name, _parse_wordsize)
-    endian = _top_value(document, "endian", name, _parse_endian)
+    wordsize = _top_value(document, "wordsize", name, values.parse_wordsize)
+    endian = _top_value(document, "endian", name, values.parse_endian)
     base = _top_value(document, "base", name, parse_address)
 
     tables = document.get("map")
     if not isinstance(tables, list) or not tables:
         raise FormatError(f"{name}: map: no [[map]] tables")
-    memmap = MemoryMap()
     try:
         for index, table in enumerate(tables):
             where = f"{name}: map[{index}]"
             if not isinstance(table, dict):
                 raise FormatError(f"{where}: not a table")
-            _add_table(memmap, table, where, folder, identity, add_elf)
+            _add_table(memmap, table, where, folder, identity)
     except BaseException:
         memmap.close()      # the files opened for the tables before the bad one
         raise
@@ -257,12 +219,11 @@ def build_map(
         memmap.wordsize = wordsize
     if "endian" in document:
         memmap.endian = endian
-    setattr(memmap, "preferred_base", base)  # noqa: B010 - not a declared attribute
-    return memmap
+    memmap.preferred_base = base
 
 
 def _top_value(
-    document: dict[str, Any], key: str, name: str, parse: Callable[[object], Any]
+    document: dict[str, Any], key: str, name: str, parse: Callable[[Any], Any]
 ) -> Any:
     if key not in document:
         return None
@@ -272,16 +233,6 @@ def _top_value(
         raise FormatError(f"{name}: {key}: {error}") from None
 
 
-def _parse_wordsize(value: object) -> int | None:
-    if isinstance(value, bool) or value not in _WORDSIZES:
-        raise ValueError(f"not a word size (32, 64 or 'unset'): {_show(value)}")
-    return _WORDSIZES[value]
-
-
-def _parse_endian(value: object) -> str | None:
-    if not isinstance(value, str) or value.strip().lower() not in _ENDIANS:
-        raise ValueError(f"not a byte order (little, big, le, be or 'unset'): {_show(value)}")
-    return _ENDIANS[value.strip().lower()]
 
 
 def _add_table(
@@ -290,7 +241,6 @@ def _add_table(
     where: str,
     folder: str,
     identity: tuple[int, int] | None,
-    add_elf: Callable[..., None],
 ) -> None:
     kinds = [kind for kind in _KINDS if kind in table]
     if not kinds:
@@ -328,7 +278,7 @@ def _add_table(
         try:
             memmap.add_file(path, address, offset=offset, length=length)
         except OSError as error:
-            raise FormatError(f"{where}.file: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.file: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.file: {one_line(error)}") from None
     elif kind == "elf":
@@ -337,7 +287,7 @@ def _add_table(
         try:
             add_elf(memmap, path, physical=physical)
         except OSError as error:
-            raise FormatError(f"{where}.elf: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.elf: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.elf: {one_line(error)}") from None
     else:
@@ -354,26 +304,23 @@ _REQUIRED = object()
 
 def _parse_bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"not true or false: {_show(value)}")
+        raise ValueError(f"not true or false: {values.show(value)}")
     return value
 
 
 def _parse_hex(value: object) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError(f"not a string of hex digits: {_show(value)}")
-    digits = "".join(value.split())
-    if len(digits) % 2 or not all(c in "0123456789abcdefABCDEF" for c in digits):
-        raise ValueError(f"not hexadecimal bytes: {_show(value)}")
-    return bytes.fromhex(digits)
+    if value == "":
+        return b""  # an empty mapping is allowed and covers nothing
+    return values.parse_hex(value)  # type: ignore[arg-type]  # checked there
 
 
 def _parse_text(value: object) -> bytes:
     if not isinstance(value, str):
-        raise ValueError(f"not a string: {_show(value)}")
+        raise ValueError(f"not a string: {values.show(value)}")
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"not encodable as UTF-8: {_show(value)}") from None
+        raise ValueError(f"not encodable as UTF-8: {values.show(value)}") from None
 
 
 def _data_path(
@@ -381,14 +328,14 @@ def _data_path(
 ) -> str:
     """Resolve a ``file``/``elf`` value and check it names something mappable."""
     if not isinstance(value, str) or not value:
-        raise FormatError(f"{where}: not a path: {_show(value)}")
+        raise FormatError(f"{where}: not a path: {values.show(value)}")
     if "\0" in value:
-        raise FormatError(f"{where}: not a path (contains NUL): {_show(value)}")
+        raise FormatError(f"{where}: not a path (contains NUL): {values.show(value)}")
     path = value if os.path.isabs(value) else os.path.join(folder, value)
     try:
         info = os.stat(path)
     except OSError as error:
-        raise FormatError(f"{where}: {path}: {error.strerror or error}") from None
+        raise FormatError(f"{where}: {os_error_message(error, path)}") from None
     if stat.S_ISDIR(info.st_mode):
         raise FormatError(f"{where}: {path}: is a directory")
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):

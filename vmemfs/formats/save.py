@@ -13,7 +13,7 @@ Each ``PT_LOAD`` has ``p_vaddr = p_paddr =`` the extent's start, ``p_filesz = p_
 its length, flags ``R``.  The class is ELF64 when any address, length or file offset
 needs it, otherwise ELF32 when the word size is 32, otherwise ELF64; the byte order is
 the map's (little when unset).  The note records the word size and byte order as the
-map has them, "unset" included, so :func:`vmemfs.formats.elf.load_elf` gives back a map
+map has them, "unset" included, so :meth:`vmemfs.MemoryMap.load` gives back a map
 with the same bytes, holes, word size and byte order.
 
 The data is streamed: ``copy_file_range(2)`` from the backing files where the kernel
@@ -28,7 +28,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -55,9 +55,18 @@ from vmemfs.formats.elf import (
     settings_desc,
 )
 from vmemfs.sources import FileSource, Source
+from vmemfs.values import Endian
 
-if TYPE_CHECKING:
-    from vmemfs.memmap import MemoryMap
+
+class SavedMap(Protocol):
+    """What :func:`save` needs of a map (a :class:`vmemfs.MemoryMap`)."""
+
+    wordsize: int | None
+    endian: Endian | None
+    machine: int | None
+
+    def extents(self) -> list[tuple[int, int]]: ...
+    def source_pieces(self, start: int, end: int) -> list[tuple[int, int, Source, int]]: ...
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``."""
@@ -152,7 +161,7 @@ def build_headers(
     return head.ljust(data_at, b"\0"), offsets
 
 
-def save(memmap: MemoryMap, path: str | os.PathLike[str], *,
+def save(memmap: SavedMap, path: str | os.PathLike[str], *,
          progress: Progress | None = None) -> None:
     """Write ``memmap`` to ``path`` as an ELF core file (layout: see the module doc).
 
@@ -175,7 +184,7 @@ def save(memmap: MemoryMap, path: str | os.PathLike[str], *,
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
     extents = memmap.extents()
     head, offsets = build_headers(extents, memmap.wordsize, memmap.endian,
-                                  getattr(memmap, "machine", None))
+                                  memmap.machine)
     folder = os.path.dirname(target)
     try:
         mode = os.stat(target).st_mode & 0o7777
@@ -296,7 +305,7 @@ class _Copier:
                 raise HoleError(address + done)
 
 
-def _write_extents(memmap: MemoryMap, fd: int, extents: list[tuple[int, int]],
+def _write_extents(memmap: SavedMap, fd: int, extents: list[tuple[int, int]],
                    offsets: np.ndarray, progress: Progress | None) -> None:
     total = sum(end - start for start, end in extents)
     copier = _Copier(fd, total, progress)

@@ -208,13 +208,13 @@ def open_file_source(spec: SourceSpec) -> Source:
     fileno = getattr(spec, "fileno", None)
     if fileno is not None:
         try:
-            fd = fileno()
+            descriptor: int | None = fileno()
         except (OSError, io.UnsupportedOperation):
-            fd = None
-        if fd is not None:
+            descriptor = None
+        if descriptor is not None:
             name = getattr(spec, "name", None)
-            label = os.path.abspath(name) if isinstance(name, str) else f"fd:{fd}"
-            return FileSource(os.dup(fd), label)
+            label = os.path.abspath(name) if isinstance(name, str) else f"fd:{descriptor}"
+            return FileSource(os.dup(descriptor), label)
     read = getattr(spec, "read", None)
     if read is None:
         raise TypeError(f"cannot map a {type(spec).__name__}: give a path, fd or file object")

@@ -1,17 +1,84 @@
-"""The mounted tree as a model, without FUSE: names, sizes, the base rule, reads, .ctl."""
+"""The mounted tree as a model, without FUSE: names, sizes, the base rule, reads, .ctl.
+
+:class:`Layout` below drives the node table the way the adapter does (inode numbers in,
+names, attributes and bytes out), so each check reads as the request it stands for.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vmemfs import HoleError, MemoryMap
-from vmemfs import layout as tree
 from vmemfs.ctl import ControlValueError
-from vmemfs.layout import Layout, NotFound, default_base, extent_name
+from vmemfs.sources import Buffer
+from vmemfs.tree import MountState, NotFound, build, default_base, extent_name
+from vmemfs.tree import files as tree
+from vmemfs.tree.nodes import (
+    Attributes,
+    Handle,
+    IsDirectory,
+    NodeError,
+    NotDirectory,
+    Refused,
+)
+
+
+class Layout:
+    """Requests by inode number against the tree of one map (what the adapter sends)."""
+
+    def __init__(self, memory_map: MemoryMap, **options: Any) -> None:
+        self.state = MountState(memory_map, **options)
+        self.tree = build(self.state)
+        self.table = self.tree.table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)       # base, mem_size, set_base, read_mem, ...
+
+    @property
+    def mem_blocks(self) -> int:
+        return self.attributes(tree.MEM).blocks
+
+    @property
+    def inode_count(self) -> int:
+        return self.table.node_count
+
+    def attributes(self, inode: int) -> Attributes:
+        return self.table.get(inode).attributes()
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        return self.table.get(parent).lookup(name).inode
+
+    def entries(self, directory: int, position: int = 0) -> Iterator[tuple[bytes, int, int]]:
+        for name, node, following in self.table.get(directory).entries(position):
+            yield name, node.inode, following
+
+    def open(self, inode: int, writing: bool = False) -> Handle:
+        return self.table.get(inode).open(writing, True)
+
+    def read(self, inode: int, offset: int, size: int) -> Buffer:
+        return self.open(inode).read(offset, size)
+
+    def read_extent(self, inode: int, offset: int, size: int) -> Buffer:
+        return self.read(inode, offset, size)
+
+    def maps_text(self) -> bytes:
+        return bytes(self.read(tree.CTL_MAPS, 0, 1 << 30))
+
+    def control_name(self, inode: int) -> str | None:
+        try:
+            self.table.get(inode).truncate(True)
+        except NodeError:
+            return None
+        return next(name for name, number in tree.CONTROL_INODES.items() if number == inode)
+
+    def write_control(self, inode: int, offset: int, data: bytes) -> int:
+        return self.open(inode, writing=True).write(offset, data)
 
 TOP = 2**64
 HALF = 2**63
@@ -104,7 +171,7 @@ def test_attributes() -> None:
     assert (second.size, second.blocks) == (0x10, 1)
     for directory in (tree.ROOT, tree.EXTENTS, tree.CTL):
         assert layout.attributes(directory).mode == 0o40555
-    assert layout.attributes(tree.ROOT).nlink == 4
+    assert layout.attributes(tree.ROOT).nlink == 5
     base = layout.attributes(tree.CTL_BASE)
     assert (base.mode, base.size, base.volatile) == (0o100644, 19, True)
     maps = layout.attributes(tree.CTL_MAPS)
@@ -112,7 +179,7 @@ def test_attributes() -> None:
     for missing in (0, 10, tree.FIRST_EXTENT + 2, 10**9):
         with pytest.raises(NotFound):
             layout.attributes(missing)
-    assert layout.inode_count == 9 + 2
+    assert layout.inode_count == 10 + 2
 
 
 # -------------------------------------------------------------------- names
@@ -120,7 +187,8 @@ def test_attributes() -> None:
 
 def test_names_and_lookup() -> None:
     layout = Layout(two_extents())
-    assert [name for name, _, _ in layout.entries(tree.ROOT)] == [b"mem", b"extents", b".ctl"]
+    assert [name for name, _, _ in layout.entries(tree.ROOT)] == [
+        b"mem", b"extents", b".ctl", b"at"]
     assert [name for name, _, _ in layout.entries(tree.CTL)] == [
         b"wordsize", b"endian", b"base", b"holes", b"maps"]
     extents = list(layout.entries(tree.EXTENTS))
@@ -137,7 +205,7 @@ def test_names_and_lookup() -> None:
     assert layout.lookup(tree.ROOT, b".ctl") == tree.CTL
     assert layout.lookup(tree.CTL, b"holes") == tree.CTL_HOLES
     for parent, name in [
-        (tree.ROOT, b"maps"), (tree.CTL, b"mem"), (tree.MEM, b"x"),
+        (tree.ROOT, b"maps"), (tree.CTL, b"mem"),
         (tree.EXTENTS, b"0000000000001000-0000000000003001"),   # wrong end
         (tree.EXTENTS, b"0000000000001001-0000000000003000"),   # inside an extent
         (tree.EXTENTS, b"0000000000001000-0000000000003000 "),
@@ -148,7 +216,9 @@ def test_names_and_lookup() -> None:
     ]:
         with pytest.raises(NotFound):
             layout.lookup(parent, name)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotDirectory):
+        layout.lookup(tree.MEM, b"x")
+    with pytest.raises(NotDirectory):
         list(layout.entries(tree.MEM))
 
 
@@ -205,7 +275,7 @@ def test_read_extent_and_text() -> None:
     assert layout.read(tree.CTL_MAPS, 0, 10**6) == layout.maps_text()
     with pytest.raises(NotFound):
         layout.read_extent(tree.FIRST_EXTENT + 2, 0, 1)
-    with pytest.raises(NotFound):
+    with pytest.raises(IsDirectory):
         layout.read(tree.EXTENTS, 0, 1)
 
 
@@ -321,5 +391,5 @@ def test_only_control_files_are_writable() -> None:
     layout = Layout(two_extents())
     for inode in (tree.MEM, tree.CTL_MAPS, tree.FIRST_EXTENT, tree.ROOT):
         assert layout.control_name(inode) is None
-        with pytest.raises(NotFound):
+        with pytest.raises((Refused, IsDirectory)):
             layout.write_control(inode, 0, b"64")
