@@ -323,6 +323,8 @@ class BlockSource(Source):
         self._lock = threading.Lock()
         self._warned: set[int] = set()
         self._describe = describe
+        self._shared: tuple[int, int, int, bytes | bytearray] | None = None
+        """The last block read on its own: ``(stored offset, size, codec, bytes)``."""
         self.failures = 0
         """How many block reads have failed so far (each logged once per block)."""
 
@@ -420,6 +422,13 @@ class BlockSource(Source):
             stop = run + 1
             while stop < count and offsets[stop] == offsets[stop - 1] + sizes[stop - 1]:
                 stop += 1
+            shared = self._shared
+            if stop == run + 1 and shared is not None \
+                    and shared[:3] == (offsets[run], sizes[run], codecs[run]):
+                # The stored block that many blocks point at (kdump's one zero page).
+                decoded[first + run] = shared[3]
+                run = stop
+                continue
             span = offsets[stop - 1] + sizes[stop - 1] - offsets[run]
             data = self._stored.pread(offsets[run], span)
             whole = memoryview(data)
@@ -439,6 +448,8 @@ class BlockSource(Source):
                     self._remember(decoded)
                     return decoded
                 decoded[index] = block
+            if stop == run + 1:
+                self._shared = (offsets[run], sizes[run], codecs[run], block)
             run = stop
         self._remember(decoded)
         return decoded
