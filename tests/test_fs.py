@@ -234,6 +234,9 @@ class Broken:
             raise ZeroDivisionError(f"bug in {name}")
         return fail
 
+    def __getitem__(self, key: object) -> Any:
+        raise ZeroDivisionError(f"bug in [{key!r}]")
+
 
 def test_an_unexpected_exception_becomes_eio_and_is_logged(
         caplog: pytest.LogCaptureFixture, memory_map: MemoryMap) -> None:
