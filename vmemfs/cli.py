@@ -67,7 +67,8 @@ READ_CHUNK = 1 << 20
 
 _NOT_GIVEN = object()
 """Default of ``--wordsize``/``--endian``: leave the map's value alone."""
-_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian", "symbols")
+_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian",
+                   "virtual", "symbols")
 
 MACHINES = {
     2: "SPARC", 3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
@@ -220,6 +221,9 @@ def _source_options(text: str) -> list[tuple[str, object]]:
                 raise argparse.ArgumentTypeError("option 'physical' takes no value")
             result.append((name, True))
             continue
+        if name == "virtual" and not equals:
+            result.append((name, True))
+            continue
         if not value:
             raise argparse.ArgumentTypeError(f"option {name!r} needs a value: {name}=...")
         parsers: dict[str, Callable[[str], object]] = {
@@ -243,6 +247,8 @@ class SourceSettings:
     offset: int | None = None
     length: int | None = None
     physical: bool = False
+    virtual: bool | int = False
+    """The kernel's virtual view (``True``, or the top-level table's physical address)."""
     symbols: str | None = None
     """A symbol table, ``FILE`` or ``FILE@BIAS`` (it replaces a map file's own)."""
     overrides: dict[str, object] = field(default_factory=dict)
@@ -277,7 +283,7 @@ def open_map(source: str, settings: SourceSettings) -> MemoryMap:
     try:
         return vmemfs.open(source, address=settings.address, offset=settings.offset,
                            length=settings.length, physical=settings.physical,
-                           symbols=settings.symbols,
+                           virtual=settings.virtual, symbols=settings.symbols,
                            **settings.overrides)  # type: ignore[arg-type]
     except OSError as error:
         raise CommandError(os_error_message(error, source), EXIT_INPUT) from None
@@ -312,6 +318,7 @@ def info_lines(memmap: MemoryMap, source: str) -> list[str]:
         f"machine:   {_describe_machine(memmap.machine)}",
     ]
     lines.extend(f"{label + ':':<10} {text}" for label, text in memmap.details)
+    lines.extend(memmap.notes)
     table = memmap.symbols
     if table is not None:
         where = getattr(table, "source", "the map file")
