@@ -19,6 +19,7 @@ from vmemfs import values
 from vmemfs.errors import FormatError
 from vmemfs.formats import elf, kdump, lime, mapfile, process, symbols
 from vmemfs.formats.dump import Dump
+from vmemfs.formats.symbols import kernel_relocation
 from vmemfs.formats.virtual import build_virtual_map
 from vmemfs.memmap import MemoryMap
 
@@ -168,6 +169,9 @@ def open(
     an ELF's loads are then taken at ``p_paddr``.  The physical map is the virtual map's
     source: nothing is copied.
 
+    A kernel dump's symbols move by the KASLR offset its VMCOREINFO gives unless a bias
+    is given (``FILE@BIAS``, ``@0`` included) (:func:`vmemfs.formats.symbols.kernel_relocation`).
+
     ``symbols`` names a symbol table (``FILE`` or ``FILE@BIAS``: a ``System.map``,
     ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols`` (in
     place of a map file's own ``symbols``).
@@ -235,6 +239,8 @@ def open(
     if virtual is not None and virtual is not False:
         memmap = _virtual(memmap, top_table, name)
     if table is not None:  # the option wins over a map file's own symbols
+        if "@" not in os.fsdecode(symbols or "") and memmap.vmcoreinfo is not None:
+            table = table.rebased(kernel_relocation(table, memmap.vmcoreinfo))
         memmap.symbols = table
     for setting, value in settings.items():
         setattr(memmap, setting, value)

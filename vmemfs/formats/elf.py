@@ -307,19 +307,20 @@ def _check_loads(name: str, loads: np.ndarray, offsets: np.ndarray, lengths: np.
 
 def _read_notes(fd: int, name: str, header: ElfHeader, table: np.ndarray, file_size: int
                 ) -> tuple[tuple[int | None, str | None] | None, bytes | None]:
-    """Word size and byte order from a VMEMFS note, and the text of a ``VMCOREINFO``
-    note, from the first :data:`MAX_NOTE_SEGMENTS` ``PT_NOTE`` segments (each at most
-    :data:`MAX_NOTE_SCAN` bytes)."""
+    """Word size and byte order from a VMEMFS note in the first ``PT_NOTE`` segment (where
+    the save format puts it), and the text of a ``VMCOREINFO`` note in any of the first
+    :data:`MAX_NOTE_SEGMENTS` (each at most :data:`MAX_NOTE_SCAN` bytes)."""
     settings: tuple[int | None, str | None] | None = None
     vmcoreinfo: bytes | None = None
     order = "<" if header.endian == "little" else ">"
-    for number in np.flatnonzero(table["p_type"] == PT_NOTE)[:MAX_NOTE_SEGMENTS]:
+    for position, number in enumerate(np.flatnonzero(table["p_type"] == PT_NOTE)
+                                      [:MAX_NOTE_SEGMENTS]):
         entry = table[int(number)]
         offset, size = int(entry["p_offset"]), int(entry["p_filesz"])
         if size > MAX_NOTE_SCAN or offset > file_size or size > file_size - offset:
             continue
         for note_name, note_type, desc in iter_notes(_pread_exact(fd, size, offset), order):
-            if note_name == NOTE_NAME and note_type == NT_VMEMFS_SETTINGS and settings is None:
+            if note_name == NOTE_NAME and note_type == NT_VMEMFS_SETTINGS and position == 0:
                 settings = parse_settings(desc, name)
             elif note_name == VMCOREINFO_NAME and vmcoreinfo is None:
                 vmcoreinfo = desc.rstrip(b"\0")
