@@ -32,6 +32,7 @@ from vmemfs.tree.nodes import (
 )
 from vmemfs.tree.state import MountState, default_base
 from vmemfs.tree.sym import SymDirectory
+from vmemfs.tree.views import add_views
 
 __all__ = [
     "Attributes",
@@ -88,6 +89,7 @@ def build(state: MountState) -> Tree:
     root.add(b"at", table.add_fixed(files.AT, at))
     if memory_map.symbols is not None:
         root.add(b"sym", table.add_fixed(files.SYM, SymDirectory(memory_map.symbols, table)))
+    root.add(b"views", add_views(state, table))
     root.nlink = 2 + sum(1 for _, child in root.children if isinstance(
         child, (Directory, ExtentsDirectory, AtDirectory, SymDirectory)))
     return Tree(state, table, root, extents)
