@@ -64,7 +64,8 @@ READ_CHUNK = 1 << 20
 
 _NOT_GIVEN = object()
 """Default of ``--wordsize``/``--endian``: leave the map's value alone."""
-_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian")
+_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian",
+                   "virtual")
 
 MACHINES = {
     2: "SPARC", 3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
@@ -160,6 +161,9 @@ def _source_options(text: str) -> list[tuple[str, object]]:
                 raise argparse.ArgumentTypeError("option 'physical' takes no value")
             result.append((name, True))
             continue
+        if name == "virtual" and not equals:
+            result.append((name, True))
+            continue
         if not value:
             raise argparse.ArgumentTypeError(f"option {name!r} needs a value: {name}=...")
         parse: Callable[[str], object] = {"wordsize": _wordsize, "endian": _endian}.get(
@@ -182,6 +186,8 @@ class SourceSettings:
     offset: int | None = None
     length: int | None = None
     physical: bool = False
+    virtual: bool | int = False
+    """The kernel's virtual view (``True``, or the top-level table's physical address)."""
     overrides: dict[str, object] = field(default_factory=dict)
     """``wordsize``/``endian`` to set after opening (``None`` as a value: unset)."""
 
@@ -212,6 +218,7 @@ def open_map(source: str, settings: SourceSettings) -> MemoryMap:
     try:
         return vmemfs.open(source, address=settings.address, offset=settings.offset,
                            length=settings.length, physical=settings.physical,
+                           virtual=settings.virtual,
                            **settings.overrides)  # type: ignore[arg-type]
     except OSError as error:
         raise CommandError(os_error_message(error, source), EXIT_INPUT) from None
@@ -246,6 +253,7 @@ def info_lines(memmap: MemoryMap, source: str) -> list[str]:
         f"machine:   {_describe_machine(memmap.machine)}",
     ]
     lines.extend(f"{label + ':':<10} {text}" for label, text in memmap.details)
+    lines.extend(memmap.notes)
     preferred = memmap.preferred_base
     if preferred is not None:
         lines.append(f"base:      {preferred:#018x} (from the map file)")

@@ -8,6 +8,7 @@ Python values or as text in the grammar of :mod:`vmemfs.values`.
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 from vmemfs import values
 from vmemfs.errors import FormatError
 from vmemfs.formats import elf, mapfile, process, symbols
+from vmemfs.formats.virtual import build_virtual_map
 from vmemfs.memmap import MemoryMap
 
 HEAD_SIZE = 4096
@@ -89,6 +91,7 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """The format of ``path`` and what telling it found (a map file's parsed document).
 
     Cost: one read of 4 KiB, plus reading a file that looks like text (at most 16 MiB).
+    A file whose first bytes cannot be read (``EIO``) is raw.
 
     :raises FormatError: for a file that claims a format and is broken at its start
         (text with a ``[[map]]`` header that is not valid TOML).
@@ -96,7 +99,12 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """
     name = os.fsdecode(path)
     with builtins.open(name, "rb") as stream:
-        head = stream.read(HEAD_SIZE)
+        try:
+            head = stream.read(HEAD_SIZE)
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            return RAW, True  # its start cannot be read (a hole in another mount's mem)
     for candidate in FORMATS:
         sniffed = candidate.sniff(head, name)
         if sniffed:
@@ -121,6 +129,7 @@ def open(
     wordsize: int | str | None = KEEP,
     endian: str | None = KEEP,
     symbols: str | os.PathLike[str] | None = None,
+    virtual: bool | int | str | None = None,
 ) -> MemoryMap:
     """Open ``source`` as a new memory map, its format detected by content.
 
@@ -132,6 +141,12 @@ def open(
       ``[vsyscall]``, which no read can reach, are left out as ``gcore`` does);
     * anything else: raw bytes (``offset``, ``length`` bytes, default to the end) at
       ``address`` (default 0).
+
+    ``virtual`` (``True``, or the physical address of the top-level page table, the CR3
+    value) turns the physical map of an x86-64 Linux guest into the kernel's virtual
+    address space by walking its page tables (the table from VMCOREINFO when not given);
+    an ELF's loads are then taken at ``p_paddr``.  The physical map is the virtual map's
+    source: nothing is copied.
 
     ``symbols`` names a symbol table (``FILE`` or ``FILE@BIAS``: a ``System.map``,
     ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols``.
@@ -154,6 +169,9 @@ def open(
             options[option] = _parsed(option, given, parse)
     if physical:
         options["physical"] = True
+    top_table: int | None = None
+    if virtual is not None and virtual is not False and virtual is not True:
+        top_table = _parsed("virtual", virtual, values.parse_address)
     settings: dict[str, Any] = {}
     if wordsize is not KEEP:
         settings["wordsize"] = _parsed("wordsize", "unset" if wordsize is None else wordsize,
@@ -184,6 +202,8 @@ def open(
             article = "an" if found.title[0] in "AEIOU" else "a"
             raise FormatError(f"{name}: option {option}{'' if option == 'physical' else '='} "
                               f"applies to {_WHERE[option]}, not to {article} {found.title}")
+    if virtual is not None and virtual is not False and "physical" in found.takes:
+        options["physical"] = True   # the page tables hold physical addresses
     memmap = MemoryMap()
     try:
         found.load(name, memmap, sniffed, options)
@@ -191,9 +211,29 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
+    if virtual is not None and virtual is not False:
+        memmap = _virtual(memmap, top_table, name)
     memmap.symbols = table
     for setting, value in settings.items():
         setattr(memmap, setting, value)
+    return memmap
+
+
+def _virtual(physical: MemoryMap, top_table: int | None, name: str) -> MemoryMap:
+    """The kernel's virtual view of ``physical`` (which it then owns)."""
+    try:
+        view = build_virtual_map(physical, top_table=top_table,
+                                 vmcoreinfo=physical.vmcoreinfo, name=name)
+    except BaseException:
+        physical.close()
+        raise
+    memmap = view.memmap
+    if not len(view.lengths):
+        physical.close()
+    memmap.format = physical.format
+    memmap.details = [*physical.details, ("view", "kernel virtual (page tables walked)")]
+    memmap.notes = view.describe()
+    memmap.vmcoreinfo = physical.vmcoreinfo
     return memmap
 
 

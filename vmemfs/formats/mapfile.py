@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmemfs import values
-from vmemfs.errors import FormatError, one_line
+from vmemfs.errors import FormatError, one_line, os_error_message
 from vmemfs.formats.elf import add_elf
 from vmemfs.memmap import MemoryMap
 
@@ -278,7 +278,7 @@ def _add_table(
         try:
             memmap.add_file(path, address, offset=offset, length=length)
         except OSError as error:
-            raise FormatError(f"{where}.file: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.file: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.file: {one_line(error)}") from None
     elif kind == "elf":
@@ -287,7 +287,7 @@ def _add_table(
         try:
             add_elf(memmap, path, physical=physical)
         except OSError as error:
-            raise FormatError(f"{where}.elf: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.elf: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.elf: {one_line(error)}") from None
     else:
@@ -335,7 +335,7 @@ def _data_path(
     try:
         info = os.stat(path)
     except OSError as error:
-        raise FormatError(f"{where}: {path}: {error.strerror or error}") from None
+        raise FormatError(f"{where}: {os_error_message(error, path)}") from None
     if stat.S_ISDIR(info.st_mode):
         raise FormatError(f"{where}: {path}: is a directory")
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
