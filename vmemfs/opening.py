@@ -17,7 +17,8 @@ from typing import Any
 
 from vmemfs import values
 from vmemfs.errors import FormatError
-from vmemfs.formats import elf, mapfile, process, symbols
+from vmemfs.formats import elf, kdump, lime, mapfile, process, symbols
+from vmemfs.formats.dump import Dump
 from vmemfs.formats.virtual import build_virtual_map
 from vmemfs.memmap import MemoryMap
 
@@ -64,6 +65,21 @@ def _load_mapfile(path: str, memmap: MemoryMap, document: Any,
                       (info.st_dev, info.st_ino))
 
 
+def _load_dump(open_dump: Callable[[str], Dump]) -> Callable[
+        [str, MemoryMap, Any, dict[str, Any]], None]:
+    """A loader for a dump format: its regions, settings and VMCOREINFO into the map."""
+    def load(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any]) -> None:
+        dump = open_dump(path)
+        try:
+            dump.add_to(memmap)
+        except BaseException:
+            dump.close()
+            raise
+        memmap.vmcoreinfo = dump.vmcoreinfo
+        memmap.details = list(dump.info)
+    return load
+
+
 def _load_raw(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any]) -> None:
     address = options.get("address")
     offset = options.get("offset")
@@ -75,6 +91,10 @@ def _load_raw(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any
 FORMATS: list[Format] = [
     Format("elf", "ELF file", lambda head, path: head.startswith(elf.ELF_MAGIC), _load_elf,
            ("physical",)),
+    Format("kdump", "kdump-compressed dump", lambda head, path: kdump.looks_like(head),
+           _load_dump(kdump.open_kdump)),
+    Format("lime", "LiME or AVML capture", lambda head, path: lime.looks_like(head),
+           _load_dump(lime.open_lime)),
     Format("map", "map file", _sniff_mapfile, _load_mapfile),
 ]
 """Formats tried in order; a file that none claims is raw."""
