@@ -35,6 +35,7 @@ from guestdumps import Guest, GuestUnavailable, guest
 
 import vmemfs
 from vmemfs import HoleError, MemoryMap
+from vmemfs.cli import info_lines
 from vmemfs.formats.lime import open_lime
 from vmemfs.formats.limelayout import lime_layout
 from vmemfs.formats.save import save
@@ -824,3 +825,12 @@ def test_live_view_reads_eio_where_a_page_went_away(mounts: Mounts) -> None:
     finally:
         process.kill()
         process.communicate()
+
+
+def test_info_hints_at_the_views_when_the_map_has_holes() -> None:
+    hint = ("hint:      tools that read mem front to back (volatility, dd) stop at its first "
+            "hole; a mount's views/lime and views/core.elf have none")
+    with_hole = random_map(9)
+    assert info_lines(with_hole, "dump")[-1] == hint
+    whole = MemoryMap.of_bytes(b"x" * 100, 0)
+    assert all(not line.startswith("hint:") for line in info_lines(whole, "dump"))
