@@ -26,10 +26,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from artifacts.build import ToolMissing, build_marker
 from conftest import Mounts
+from dumpwriters import write_avml, write_kdump, write_lime
 from elftools import readelf_loads
 from guestdumps import Guest, GuestUnavailable, guest
 
@@ -615,6 +617,53 @@ def test_lime_copied_with_cp_opens_as_the_map(cored: Cored, mounts: Mounts,
     assert [bytes.fromhex(text) for text in found["reads"]] == \
         [memory_map.get_bytes(address, size) for address, size in requests]
     again.close()
+    memory_map.close()
+
+
+def source_of_kind(kind: str, folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """A small dump of ``kind`` with holes (its path and mount options)."""
+    rng = random.Random(kind)
+    memory_map = MemoryMap()
+    for number, address in enumerate((0x1000, 0x5000, 0x6000, 0x20000)):
+        memory_map.add_bytes(rng.randbytes(PAGE * (number + 1)), address)
+    memory_map.add_bytes(b"tail", 0x40000)            # an extent shorter than a page
+    path = folder / f"source.{kind}"
+    if kind == "raw":
+        path.write_bytes(rng.randbytes(3 * PAGE + 5))
+        return path, ("address=0x7000", "offset=5")
+    if kind == "map":
+        data = folder / "region.bin"
+        data.write_bytes(rng.randbytes(2 * PAGE))
+        path.write_text(f'endian = "big"\n[[map]]\nfile = "{data}"\naddress = 0x10000\n'
+                        '[[map]]\nhex = "00112233"\naddress = 0x10ffe\n'
+                        '[[map]]\ntext = "far"\naddress = "0xffffffff81000000"\n')
+        return path, ()
+    if kind == "lime":
+        write_lime(path, memory_map)
+    elif kind == "avml":
+        memory_map.add_bytes(bytes(2 * PAGE), 0x60000)     # an all-zero block, left out
+        write_avml(path, memory_map, max_block=PAGE)
+    elif kind == "kdump":
+        write_kdump(path, memory_map, excluded=[0x6], compression="zlib")
+    else:
+        save(memory_map, path)
+    return path, ()
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("kind", ["raw", "map", "elf", "lime", "avml", "kdump"])
+def test_every_source_kind(kind: str, mounts: Mounts, tmp_path: Path) -> None:
+    source, options = source_of_kind(kind, tmp_path)
+    mount = mounts.foreground(source, *options)
+    out = tmp_path / "saved.core"
+    arguments = [f"-o{option}" for option in options]
+    result = vmemfs_command("save", *arguments, source, out)
+    assert result.returncode == 0, result.stderr
+    cmp(mount.path("views", "core.elf"), out)
+    settings: dict[str, Any] = dict(option.split("=") for option in options)
+    memory_map = vmemfs.open(source, **settings)
+    assert len(memory_map.extents()) >= 1
+    assert mount.path("views", "lime").read_bytes() == naive_lime(memory_map)
     memory_map.close()
 
 
