@@ -375,7 +375,8 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
     assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
                                                           (*CONTROLS, "maps")),
                              "find", "find/text", "find/hex", "find/pointer",
-                             "extents/0000000000000000-0000000000001000"])
+                             "extents/0000000000000000-0000000000001000",
+                             "views", "views/core.elf", "views/lime"])
     with pytest.raises(OSError) as caught:
         os.readlink(root / "mem")
     assert caught.value.errno == errno.EINVAL
