@@ -56,11 +56,19 @@ from vmemfs.formats.elf import (
     PT_LOAD,
     PT_NOTE,
     SHDR_SIZE,
+    VMCOREINFO_NAME,
     phdr_dtype,
     settings_desc,
 )
 from vmemfs.sources import FileSource, Source
 from vmemfs.values import Endian
+
+
+def kernel_note(memmap: SavedMap) -> bytes | None:
+    """The VMCOREINFO text to write with a map: a physical map's (a kernel dump's), never
+    a kernel virtual view's, whose loads hold virtual addresses where readers of
+    VMCOREINFO cores expect physical ones in ``p_paddr``."""
+    return None if memmap.kernel_virtual else memmap.vmcoreinfo
 
 
 class SavedMap(Protocol):
@@ -69,6 +77,8 @@ class SavedMap(Protocol):
     wordsize: int | None
     endian: Endian | None
     machine: int | None
+    vmcoreinfo: bytes | None
+    kernel_virtual: bool
 
     def extents(self) -> list[tuple[int, int]]: ...
     def source_pieces(self, start: int, end: int) -> list[tuple[int, int, Source, int]]: ...
@@ -91,9 +101,13 @@ _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, err
 
 def note_bytes(wordsize: int | None, endian: str | None, order: str) -> bytes:
     """The VMEMFS settings note, as it sits in the ``PT_NOTE`` segment."""
-    name = NOTE_NAME + b"\0"
-    desc = settings_desc(wordsize, endian)
-    return (struct.pack(order + "III", len(name), len(desc), NT_VMEMFS_SETTINGS)
+    return _note(NOTE_NAME, NT_VMEMFS_SETTINGS, settings_desc(wordsize, endian), order)
+
+
+def _note(owner: bytes, note_type: int, desc: bytes, order: str) -> bytes:
+    """One ELF note: header, NUL-terminated owner name and descriptor, each 4-aligned."""
+    name = owner + b"\0"
+    return (struct.pack(order + "III", len(name), len(desc), note_type)
             + name.ljust((len(name) + 3) & ~3, b"\0")
             + desc.ljust((len(desc) + 3) & ~3, b"\0"))
 
@@ -125,12 +139,15 @@ def core_layout(
     wordsize: int | None,
     endian: str | None,
     machine: int | None,
+    vmcoreinfo: bytes | None = None,
 ) -> CoreLayout:
     """The ELF core layout of a map with these ``extents`` and settings.
 
     The class is ELF64 when any address, length or file offset needs it, otherwise ELF32
     when ``wordsize`` is 32, otherwise ELF64; the byte order is ``endian`` (little when
-    ``None``); ``e_machine`` is ``machine`` (``EM_NONE`` when ``None``).
+    ``None``); ``e_machine`` is ``machine`` (``EM_NONE`` when ``None``).  ``vmcoreinfo``,
+    when given, goes in a ``VMCOREINFO`` note after vmemfs's own, as kdump and QEMU write
+    it, so that drgn and crash take the core for a Linux kernel's.
 
     Runtime complexity: ``O(n)`` for ``n`` extents, vectorised (numpy).
     """
@@ -139,6 +156,8 @@ def core_layout(
     order_name = endian or "little"
     order = "<" if order_name == "little" else ">"
     note = note_bytes(wordsize, endian, order)
+    if vmcoreinfo is not None:
+        note += _note(VMCOREINFO_NAME, 0, vmcoreinfo, order)
     count = len(extents) + 1
     data_bytes = int(lengths.sum(dtype=np.uint64))
 
@@ -227,7 +246,8 @@ def save(memmap: SavedMap, path: str | os.PathLike[str], *,
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
     extents = memmap.extents()
-    layout = core_layout(extents, memmap.wordsize, memmap.endian, memmap.machine)
+    layout = core_layout(extents, memmap.wordsize, memmap.endian, memmap.machine,
+                         kernel_note(memmap))
     folder = os.path.dirname(target)
     try:
         mode = os.stat(target).st_mode & 0o7777

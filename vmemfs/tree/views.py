@@ -28,7 +28,7 @@ import numpy as np
 
 from vmemfs.errors import HoleError
 from vmemfs.formats.limelayout import HEADER_SIZE, lime_layout
-from vmemfs.formats.save import core_layout
+from vmemfs.formats.save import core_layout, kernel_note
 from vmemfs.memmap import MemoryMap
 from vmemfs.sources import Buffer
 from vmemfs.tree.files import VIEW_CORE, VIEW_LIME, VIEWS, Directory
@@ -128,7 +128,7 @@ def core_splice(state: MountState) -> Splice:
     """
     memory_map = state.map
     layout = core_layout(state.extents, memory_map.wordsize, memory_map.endian,
-                         memory_map.machine)
+                         memory_map.machine, kernel_note(memory_map))
     count = len(state.extents)
     offsets = [0, *layout.offsets.tolist()]
     origins = [0, *layout.starts.tolist()]
