@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from dumpwriters import write_avml
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
 from vmemfs import MemoryMap
@@ -30,14 +30,6 @@ context.config["top.base_layer"] = "base"
 layer = (lime.LimeLayer if kind == "lime" else avml.AVMLLayer)(context, "top", "top")
 print(json.dumps([layer.read(address, size, pad=True).hex() for address, size in requests]))
 """
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 @pytest.mark.slow

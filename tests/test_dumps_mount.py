@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import Mounts
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
 
 CHUNK = 4 << 20
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 def dump_files(dumps: Guest) -> dict[str, Path]:
