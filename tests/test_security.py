@@ -373,7 +373,7 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
     walked = sorted(os.path.relpath(os.path.join(folder, name), root)
                     for folder, dirs, files in os.walk(root) for name in dirs + files)
     assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
-                                                          (*CONTROLS, "maps")),
+                                                          (*CONTROLS, "maps", "cache")),
                              "extents/0000000000000000-0000000000001000"])
     with pytest.raises(OSError) as caught:
         os.readlink(root / "mem")
