@@ -56,13 +56,14 @@ BLOCK_SIZE = 4096
 
 NAME_MAX = 255
 
-INVALIDATION_WAIT = 1.0
+INVALIDATION_WAIT = 0.1
 """Seconds a write to ``.ctl/`` waits for the kernel to drop ``mem``'s cached pages.
 
-The kernel drops a page only once no read holds it; a read of ``mem`` in flight holds its
-pages until this daemon answers it.  With one request served at a time that answer comes
-only after the write's, so the write stops waiting after this long and the pages are
-dropped as soon as the read in flight is answered."""
+The kernel drops a page only once no read holds it, and a page-cached read of ``mem`` in
+flight holds its pages until this daemon answers it.  When another worker task answers
+it, the wait ends as soon as the pages are dropped.  When the loop serves one request at
+a time, that answer can only come after the write's: the write stops waiting after this
+long, and the pages are dropped as soon as the read in flight is answered."""
 
 ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
     (HoleError, errno.EIO),

@@ -706,6 +706,14 @@ class MemoryMap:
         return [source.name for number, source in enumerate(self._sources)
                 if number in self._used_sources and isinstance(source, FileSource)]
 
+    def file_sources(self) -> list[Source]:
+        """The files that mappings were added from, each once, in the order opened.
+
+        Runtime complexity: ``O(s)`` for ``s`` sources.
+        """
+        return [source for number, source in enumerate(self._sources)
+                if number in self._used_sources and isinstance(source, FileSource)]
+
     def extents(self) -> list[tuple[int, int]]:
         """Maximal runs ``(start, end)`` of mapped addresses, ascending.
 

@@ -149,7 +149,7 @@ class MemFile(Node):
     def open(self, writing: bool, owner: bool) -> Handle:
         if writing:
             raise Refused(self.inode)
-        return MemHandle(self.state, self.state.mem_page_cached)
+        return MemHandle(self.state, self.state.page_cached_at_open())
 
 
 class ExtentHandle(Handle):

@@ -87,9 +87,10 @@ class MountState:
         self.volatile = memory_map.volatile
         """A source can change under the reader (live memory): never page-cached."""
         self._unaligned = unaligned_boundaries(self.extents)
+        self._file_sizes = [(source, source.size()) for source in memory_map.file_sources()]
         self.lost_bytes_seen = False
-        """A page-cached read met bytes a source could not serve (a backing file that
-        shrank): later opens of ``mem`` use ``direct_io``."""
+        """A backing file was found shorter than when mounted, or a page-cached read met
+        bytes a source could not serve: from then on ``mem`` opens with ``direct_io``."""
         self.listeners: list[Callable[[], None]] = []
         self.base = 0
         self.mem_size = 0
@@ -144,10 +145,24 @@ class MountState:
             self.cache == values.CACHE_AUTO and not self.volatile
             and not self.lost_bytes_seen and (self.zero_filled or self.mem_aligned))
 
+    def page_cached_at_open(self) -> bool:
+        """Whether ``mem`` opened now is served through the page cache.
+
+        In page-cache mode the backing files are checked first: if one is shorter than
+        when mounted, ``mem`` is served with ``direct_io`` from then on (its reads stop
+        at the first lost byte, to the byte).  Runtime complexity: one ``fstat`` per
+        backing file, in page-cache mode only.
+        """
+        if self.mem_page_cached and any(source.size() < size
+                                        for source, size in self._file_sizes):
+            self.lost_bytes_seen = True
+            self._choose_mode()
+        return self.mem_page_cached
+
     @property
     def cache_mode(self) -> str:
-        """``"page"`` or ``"direct"``: how the next open of ``mem`` is served."""
-        return CACHE_PAGE if self.mem_page_cached else CACHE_DIRECT
+        """``"page"`` or ``"direct"``: how ``mem`` opened now is served."""
+        return CACHE_PAGE if self.page_cached_at_open() else CACHE_DIRECT
 
     def control_value(self, name: str) -> object:
         """The current value of control ``name`` (see :mod:`vmemfs.ctl`)."""
