@@ -28,6 +28,7 @@ import cProfile
 import gc
 import io
 import math
+import os
 import pstats
 import random
 import time
@@ -955,11 +956,19 @@ def report(results: Results, figure: str | None) -> str:
     return "\n".join(parts)
 
 
+def started_line() -> str:
+    """When this part started, and the load on the machine then (other work)."""
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"Started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+            f"{load}.")
+
+
 def main() -> None:
     args = part_arguments(__doc__.splitlines()[0])
     size_name = args.size
     began = time.perf_counter()
     section = Section("index_bench", "Segment index", command_line("index_bench", size_name))
+    when = started_line()
     sizes = LADDER[size_name]
     results = Results(size_name,
                       target_size=TARGET_SIZE if TARGET_SIZE in sizes else sizes[-1],
@@ -981,7 +990,7 @@ def main() -> None:
         plot_inserts(results.inserts, args.out / "index_inserts.png")
         figure = "perf/index_inserts.png"
         section.figures.append(figure)
-    section.markdown = report(results, figure)
+    section.markdown = when + "\n\n" + report(results, figure)
     section.data = {
         "inserts": [{"implementation": r.implementation, "workload": r.workload,
                      "size": r.size, "done": r.done, "mean_us": r.mean, "note": r.note,
