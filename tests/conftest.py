@@ -44,7 +44,7 @@ class Mounts:
 
     def close(self) -> None:
         problems = []
-        for mount in self.started:
+        for mount in reversed(self.started):   # a later mount may hold an earlier one busy
             unmount(mount)
             log = mount.log_text()
             if not self.allow_errors and ("Traceback" in log or ": ERROR:" in log):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from artifacts.build import DATA_ADDRESS, TEXT_ADDRESS, ToolMissing, build_marker, build_words
+from elftools import readelf_loads
 
 from vmemfs import MemoryMap
 from vmemfs import open as open_source
@@ -40,28 +41,6 @@ def need(tool: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed")
     return path
-
-
-@dataclass(frozen=True)
-class Load:
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-
-
-def readelf_loads(path: Path) -> list[Load]:
-    """The ``LOAD`` program headers as ``readelf -lW`` shows them; it must not complain."""
-    result = subprocess.run([need("readelf"), "-lW", str(path)], capture_output=True,
-                            text=True, check=True)
-    assert "Warning" not in result.stderr and "Error" not in result.stderr, result.stderr
-    loads = []
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "LOAD":
-            loads.append(Load(*(int(field, 16) for field in fields[1:6])))
-    return loads
 
 
 def digest_of_file(path: Path, offset: int, size: int) -> str:

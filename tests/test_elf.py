@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from artifacts.craft import EM_PPC, PT_LOAD, PT_NOTE, Segment, build_elf, note
+from elftools import format_error
 
 from vmemfs import FormatError, HoleError, MemoryMap
 from vmemfs.formats.elf import add_elf, read_layout
@@ -21,12 +22,7 @@ def put(tmp_path: Path, content: bytes, name: str = "test.elf") -> Path:
 
 
 def error_of(path: Path, **options: bool) -> str:
-    with pytest.raises(FormatError) as info:
-        MemoryMap.load(path, **options)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"{path}: ")
-    return message[len(f"{path}: "):]
+    return format_error(MemoryMap.load, path, **options)
 
 
 @pytest.mark.parametrize(("elfclass", "endian"), CLASSES)

@@ -15,10 +15,10 @@ import stat
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from elftools import readelf_loads
 from guest import cpio
 from guest.build import build, cache_root, module_depends, modules_in_load_order
 from guestdumps import Guest, GuestUnavailable, guest
@@ -33,23 +33,6 @@ def dumps() -> Guest:
         return guest()
     except GuestUnavailable as error:
         pytest.skip(str(error))
-
-
-@dataclass(frozen=True)
-class Load:
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-
-
-def readelf_loads(path: Path) -> list[Load]:
-    """The PT_LOAD headers of ``path`` as ``readelf -lW`` prints them."""
-    text = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    return [Load(*(int(field, 16) for field in found.groups()))
-            for found in re.finditer(r"^\s+LOAD\s+(0x\w+) (0x\w+) (0x\w+) (0x\w+)", text,
-                                     re.MULTILINE)]
 
 
 def read_at(path: Path, offset: int, length: int) -> bytes:

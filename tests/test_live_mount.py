@@ -4,6 +4,7 @@ and ``dd``, private modes, ``allow_other`` refused, ``sym/`` links into ``at/``.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -71,3 +72,33 @@ def test_live_process_refuses_allow_other(child: tuple[int, int], tmp_path: Path
     assert result.stderr.decode().count("\n") == 1
     assert b"allow_other is refused for a live process" in result.stderr
     assert not os.path.ismount(target)
+
+
+@pytest.mark.mount
+def test_a_process_that_exits_leaves_a_mount_that_answers_eio(
+        child: tuple[int, int], mounts: Mounts) -> None:
+    pid, address = child
+    mount = mounts.foreground(f"pid:{pid}")
+    target = mount.path("at", hex(address), "string")
+    assert target.read_bytes() == b"vmemfs live bytes\n"
+    os.kill(pid, 9)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with pytest.raises(OSError) as caught:
+        target.read_bytes()
+    assert caught.value.errno == 5                                 # EIO
+    assert os.listdir(mount.path("extents"))                        # the layout stays
+    assert mount.alive()
+
+
+def test_save_of_a_process_opens_in_gdb(child: tuple[int, int], tmp_path: Path) -> None:
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed")
+    pid, address = child
+    core = tmp_path / "live.core"
+    result = subprocess.run([sys.executable, "-m", "vmemfs.cli", "save", f"/proc/{pid}",
+                             str(core)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    shown = subprocess.run([gdb, "-batch", "-c", str(core), "-ex", f"x/s {address:#x}"],
+                           capture_output=True, text=True, timeout=120)
+    assert '"vmemfs live bytes"' in shown.stdout, shown.stdout + shown.stderr

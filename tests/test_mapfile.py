@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from artifacts.craft import Segment, build_elf
+from elftools import format_error
 
 from vmemfs import FormatError
 from vmemfs import open as open_source
@@ -33,13 +34,8 @@ def elf_file(tmp_path: Path) -> Path:
     return path
 
 
-def format_error(path: Path) -> str:
-    with pytest.raises(FormatError) as info:
-        load_mapfile(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"{path}: ")
-    return message[len(f"{path}: "):]
+def mapfile_error(path: Path) -> str:
+    return format_error(load_mapfile, path)
 
 
 # ------------------------------------------------------------------ integers
@@ -181,7 +177,7 @@ address = 1
 file = "{data_file}"
 address = "zz"
 """)
-    assert format_error(path) == ("map[2].address: 'zz' is not a decimal, 0x, 0o or 0b "
+    assert mapfile_error(path) == ("map[2].address: 'zz' is not a decimal, 0x, 0o or 0b "
                                   "number (K/M/G/T suffixes allowed)")
 
 
@@ -216,14 +212,14 @@ address = "zz"
 ])
 def test_errors_name_table_and_key(tmp_path: Path, elf_file: Path, body: str,
                                    expected: str) -> None:
-    message = format_error(write(tmp_path / "bad.toml", body))
+    message = mapfile_error(write(tmp_path / "bad.toml", body))
     assert expected in message
 
 
 def test_file_past_its_end(tmp_path: Path, data_file: Path) -> None:
     path = write(tmp_path / "m.toml",
                  f'[[map]]\nfile = "{data_file.name}"\naddress = 0\noffset = 250\nlength = 7\n')
-    message = format_error(path)
+    message = mapfile_error(path)
     assert message.startswith("map[0].file: ")
     assert "passes the end" in message
 
@@ -231,28 +227,28 @@ def test_file_past_its_end(tmp_path: Path, data_file: Path) -> None:
 def test_table_naming_a_directory(tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
     path = write(tmp_path / "m.toml", '[[map]]\nfile = "folder"\naddress = 0\n')
-    assert format_error(path).endswith("folder: is a directory")
+    assert mapfile_error(path).endswith("folder: is a directory")
     path = write(tmp_path / "m.toml", '[[map]]\nelf = "."\n')
-    assert format_error(path).endswith(": is a directory")
+    assert mapfile_error(path).endswith(": is a directory")
 
 
 def test_table_naming_the_map_file_itself(tmp_path: Path) -> None:
     path = write(tmp_path / "self.toml", '[[map]]\nfile = "self.toml"\naddress = 0\n')
-    assert format_error(path).endswith("self.toml: names the map file itself")
+    assert mapfile_error(path).endswith("self.toml: names the map file itself")
     path = write(tmp_path / "self.toml", '[[map]]\nelf = "self.toml"\n')
-    assert format_error(path).endswith("names the map file itself")
+    assert mapfile_error(path).endswith("names the map file itself")
 
 
 def test_table_naming_a_fifo(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     path = write(tmp_path / "m.toml", '[[map]]\nfile = "pipe"\naddress = 0\n')
-    assert "not a regular file" in format_error(path)
+    assert "not a regular file" in mapfile_error(path)
 
 
 def test_broken_elf_in_map_file(tmp_path: Path) -> None:
     (tmp_path / "cut.elf").write_bytes(build_elf([Segment(0, b"x" * 64)])[:80])
     path = write(tmp_path / "m.toml", '[[map]]\nelf = "cut.elf"\n')
-    message = format_error(path)
+    message = mapfile_error(path)
     assert message.startswith("map[0].elf: ")
     assert "cut.elf: program header table" in message
 
@@ -261,7 +257,7 @@ def test_conflicting_elves_in_map_file(tmp_path: Path) -> None:
     (tmp_path / "a.elf").write_bytes(build_elf([Segment(0, b"a")], elfclass=32))
     (tmp_path / "b.elf").write_bytes(build_elf([Segment(8, b"b")], elfclass=64))
     path = write(tmp_path / "m.toml", '[[map]]\nelf = "a.elf"\n[[map]]\nelf = "b.elf"\n')
-    message = format_error(path)
+    message = mapfile_error(path)
     assert message.startswith("map[1].elf: ")
     assert "wordsize is already 32" in message
 

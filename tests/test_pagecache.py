@@ -120,8 +120,12 @@ def test_volatile_sources_are_never_cached() -> None:
 def reference_read(mapped: dict[int, int], top: int, base: int, zero: bool, offset: int,
                    size: int) -> bytes | int:
     """What a page-cache-mode read of ``mem`` gives, from a byte dict: all the bytes asked
-    for (clipped to the end), or the first hole's address (an ``EIO``)."""
+    for (clipped to the end), or the first hole's address (an ``EIO``).  A request past
+    the page that holds the end fails (the kernel asks for it only while it thinks
+    ``mem`` larger)."""
     mem_size = max(0, top - base)
+    if size > mem_size - offset and offset + size > -(-mem_size // PAGE) * PAGE:
+        return base + min(offset, mem_size)
     size = max(0, min(size, mem_size - offset))
     result = bytearray()
     for address in range(base + offset, base + offset + size):
@@ -163,6 +167,22 @@ def test_page_reads_are_whole_or_fail(seed: int) -> None:
             else:
                 assert bytes(state.read_mem_pages(offset, size)) == expected
         assert not state.lost_bytes_seen                  # holes are not lost bytes
+
+
+def test_a_request_past_the_last_page_fails() -> None:
+    """The kernel asks past the page holding the end only while it thinks ``mem`` larger
+    (``base`` moved under a read): a short reply would be taken for the end and the
+    rest of the page filled with zeros, so the request fails instead."""
+    state = MountState(map_of([(0, 0x2800)]))
+    assert bytes(state.read_mem_pages(0x2000, PAGE)) == bytes(a & 0xFF for a in range(
+        0x2000, 0x2800))                              # the page holding the end: short
+    assert state.read_mem_pages(0x2800, 0x800) == b""
+    for offset, size in ((0x2000, 2 * PAGE), (0x3000, PAGE), (0x1000, 3 * PAGE)):
+        with pytest.raises(HoleError):
+            state.read_mem_pages(offset, size)
+    state.set_base(0x1000)
+    with pytest.raises(HoleError):
+        state.read_mem_pages(0x1000, 2 * PAGE)        # the old end's page, seen as data
 
 
 def test_listeners_hear_what_changes_mem() -> None:
@@ -834,7 +854,7 @@ def load_reader(mem: Path, image: Image, seed: int, deadline: float,
     """Random reads through one page-cache-mode file while the layout changes: every
     8-byte word read must be the word of one layout (a mapped word, or a zero of a
     ``holes=zero`` layout), a read may end early only at a hole or an end of some layout
-    (each on a page boundary), and ``EIO`` only where some layout has a hole."""
+    (each on a page boundary), and ``EIO`` only where some layout has a hole or ends."""
     rng = random.Random(seed)
     layouts = [Layout(image, ALIGNED, base) for base in LOAD_BASES]
     words = np.frombuffer(image.data, dtype="<u8")
@@ -848,8 +868,10 @@ def load_reader(mem: Path, image: Image, seed: int, deadline: float,
                 data = os.pread(fd, size, offset)
             except OSError as error:
                 counts["eio"] += 1
+                # EIO where a layout has a hole, or past the end of one (a read that
+                # raced a change of base: the kernel still thought mem larger).
                 if error.errno != errno.EIO or all(
-                        offset >= lay.size or lay.mapped(offset) for lay in layouts):
+                        offset < lay.size and lay.mapped(offset) for lay in layouts):
                     problems.append(f"pread({offset:#x}, {size}): {error}")
                 continue
             got = np.frombuffer(data[:len(data) // 8 * 8], dtype="<u8")
@@ -861,6 +883,9 @@ def load_reader(mem: Path, image: Image, seed: int, deadline: float,
                 mapped = inside & lay.mask[np.minimum(addresses, IMAGE_SIZE - 1)]
                 good |= mapped & (got == words[index])
                 good |= inside & ~mapped & (got == 0)
+                # The kernel's own zeros after the end, in the page that holds it.
+                end_page = -(-lay.top // PAGE) * PAGE
+                good |= (addresses >= lay.top) & (addresses < end_page) & (got == 0)
             if not good.all():
                 bad = int(np.flatnonzero(~good)[0])
                 problems.append(f"pread({offset:#x}, {size}): word {bad} is wrong")

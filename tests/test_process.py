@@ -274,8 +274,6 @@ def test_guard_page_is_a_hole_between_readable_pages(child: Child) -> None:
     assert m.read(guarded + PAGE_SIZE + 5, 8) == b""
 
 
-@pytest.mark.xfail(strict=True, reason="search resumes after the whole piece that failed "
-                   "a read (vmemfs/search.py), so the pages after the guard are not scanned")
 def test_search_resumes_after_a_guard_page(child: Child) -> None:
     if not child.addresses["guard"]:
         pytest.skip("this kernel has no MADV_GUARD_INSTALL (Linux 6.13)")

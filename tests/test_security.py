@@ -374,6 +374,7 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
                     for folder, dirs, files in os.walk(root) for name in dirs + files)
     assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
                                                           (*CONTROLS, "maps", "cache")),
+                             "find", "find/text", "find/hex", "find/pointer",
                              "extents/0000000000000000-0000000000001000"])
     with pytest.raises(OSError) as caught:
         os.readlink(root / "mem")

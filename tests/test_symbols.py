@@ -498,3 +498,30 @@ def test_symbols_of_a_running_pie_at_its_base(c_programs: dict[str, Path],
         assert m.get_c_long(table["symbols_words"] + 8) == -3
         unbiased = load_symbols(program)
         assert all(table[name] - unbiased[name] == base for name in unbiased)
+
+
+def test_kernel_symbols_follow_kaslr_through_open(tmp_path: Path) -> None:
+    from dumpwriters import write_kdump
+
+    import vmemfs
+    from vmemfs.formats.symbols import kernel_relocation
+
+    offset = 0x34000000
+    physical = vmemfs.MemoryMap.of_bytes(b"banner\0" + bytes(4089), 0x1000)
+    info = (b"OSRELEASE=6.1.0\nSYMBOL(_stext)=%x\nKERNELOFFSET=%x\n"
+            % (0xFFFFFFFF81000000 + offset, offset))
+    dump = tmp_path / "guest.kdump"
+    write_kdump(dump, physical, vmcoreinfo=info)
+    system_map = tmp_path / "System.map"
+    system_map.write_text("ffffffff81000000 T _stext\nffffffff82000000 D linux_banner\n")
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text(f"{0xFFFFFFFF81000000 + offset:016x} T _stext\n")
+    m = vmemfs.open(dump, symbols=system_map)
+    assert m.symbols is not None
+    assert m.symbols["linux_banner"] == 0xFFFFFFFF82000000 + offset     # link-time, moved
+    assert vmemfs.open(dump, symbols=kallsyms).symbols["_stext"] == \
+        0xFFFFFFFF81000000 + offset                                      # already relocated
+    assert vmemfs.open(dump, symbols=f"{system_map}@0").symbols["_stext"] == \
+        0xFFFFFFFF81000000                                               # an explicit bias
+    assert kernel_relocation({}, b"KERNELOFFSET=1000\n") == 0x1000
+    assert kernel_relocation({"_stext": 5}, b"") == 0

@@ -1,9 +1,10 @@
-"""The ``vmemfs`` command: mount, info, read, find, save (SPEC §5.4).
+"""The ``vmemfs`` command: mount, info, read, find, at, save (SPEC §5.4).
 
 Each subcommand opens SOURCE the way ``mount.vmemfs`` does (detected by content: an ELF
 file, a TOML map file, or any other file as raw bytes, SPEC §5.1) and works on the
 resulting :class:`~vmemfs.MemoryMap`; ``vmemfs mount`` hands its arguments to
-``mount.vmemfs`` unchanged.
+``mount.vmemfs`` unchanged.  With a symbol table (``--symbols FILE[@BIAS]``, or a map
+file's ``symbols``), a symbol name, or ``NAME+OFFSET``, is taken wherever an address is.
 
 User errors are one line on standard error, ``vmemfs: error: ...``, and an exit status:
 
@@ -11,9 +12,10 @@ User errors are one line on standard error, ``vmemfs: error: ...``, and an exit 
 0     success
 1     an input or output file cannot be used (missing, unreadable, malformed,
       an option that does not apply to it, a write failure)
-2     a bad command line (unknown option, bad number, a search that needs a
-      word size or byte order the map does not have)
+2     a bad command line (unknown option, bad number, unknown symbol, a search or
+      value that needs a word size or byte order the map does not have)
 3     a read met a hole (the bytes before it were written first)
+4     ``vmemfs at``: a string with no NUL within 1 MiB
 130   interrupted (Ctrl-C)
 141   standard output was closed early (``vmemfs read ... | head -c 10``)
 ====  =====================================================================
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import vmemfs
-from vmemfs import values
+from vmemfs import typed, values
 from vmemfs.errors import (
     HoleError,
     NoEndianError,
@@ -55,6 +57,7 @@ EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_HOLE = 3
+EXIT_TOO_LONG = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for ``cat`` stopped by a closed pipe."""
@@ -64,7 +67,8 @@ READ_CHUNK = 1 << 20
 
 _NOT_GIVEN = object()
 """Default of ``--wordsize``/``--endian``: leave the map's value alone."""
-_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian")
+_SOURCE_OPTIONS = ("address", "offset", "length", "physical", "wordsize", "endian",
+                   "virtual", "symbols")
 
 MACHINES = {
     2: "SPARC", 3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
@@ -79,12 +83,14 @@ exit status:
   1    SOURCE or an output file cannot be used (missing, malformed, unwritable)
   2    bad command line (including --pointer/--align on a map without a word size)
   3    a read met a hole (the bytes before it were written first)
+  4    at: a string with no NUL within 1 MiB
   130  interrupted;  141  standard output closed early (e.g. by head)
 """
 
 NUMBER_HELP = """\
 numbers: decimal or 0x hexadecimal, optionally with a K, M, G or T suffix (powers
-of 1024): 4096, 0x1000, 4K and 0x4K are the same.
+of 1024): 4096, 0x1000, 4K and 0x4K are the same.  With --symbols (or a map file's
+symbols), an address may also be a symbol name, or NAME+OFFSET / NAME-OFFSET.
 """
 
 SOURCE_HELP = """\
@@ -147,6 +153,61 @@ def _endian(text: str) -> str | None:
         raise argparse.ArgumentTypeError(f"endian: {error}") from None
 
 
+def address_argument(text: str) -> int | str:
+    """An ADDRESS argument: a number, or a symbol name (``NAME``, ``NAME+OFFSET``,
+    ``NAME-OFFSET``) kept as text, to be looked up by :func:`resolve_address` once
+    SOURCE (and its symbol table) is open.
+
+    Text that starts with a digit is a number, or an error: no symbol starts with one.
+
+    :raises argparse.ArgumentTypeError: for a bad number.
+    """
+    try:
+        return parse_number(text)
+    except argparse.ArgumentTypeError:
+        if not text or text[0].isdigit() or text[0] in "+-" or text.strip() != text:
+            raise
+        return text
+
+
+def resolve_address(memmap: MemoryMap, value: int | str, what: str) -> int:
+    """The address an :func:`address_argument` stands for, in ``memmap``'s symbols.
+
+    ``NAME+OFFSET`` (or ``-OFFSET``) is the symbol's address plus (minus) a number, when
+    no symbol is called that whole text.  Runtime complexity: ``O(1)``.
+
+    :raises CommandError: (status 2) for a name without a symbol table, a name the table
+        does not hold (with a close match where there is one), or an address that an
+        offset moves out of ``[0, 2**64)``.
+    """
+    if isinstance(value, int):
+        return value
+    table = memmap.symbols
+    if table is None:
+        raise CommandError(f"{what}: {value!r} is not a number (a symbol name needs "
+                           "--symbols FILE)", EXIT_USAGE)
+    if value in table:
+        return table[value]
+    cut = max(value.rfind("+"), value.rfind("-"))
+    if cut > 0 and value[:cut] in table:
+        try:
+            offset = values.parse_size(value[cut + 1:])
+        except values.BadValue as error:
+            raise CommandError(f"{what}: {value!r}: offset {error}", EXIT_USAGE) from None
+        address = table[value[:cut]] + (offset if value[cut] == "+" else -offset)
+        if not 0 <= address < ADDRESS_LIMIT:
+            raise CommandError(f"{what}: {value!r} is outside [0, 2**64)", EXIT_USAGE)
+        return address
+    try:
+        return table[value]
+    except KeyError as error:  # SymbolNotFoundError: its one-line message
+        raise CommandError(f"{what}: {error}", EXIT_USAGE) from None
+
+
+def _text(text: str) -> str:
+    return text
+
+
 def _source_options(text: str) -> list[tuple[str, object]]:
     """One ``-o`` argument: comma-separated ``NAME=VALUE`` or ``physical``."""
     result: list[tuple[str, object]] = []
@@ -160,10 +221,14 @@ def _source_options(text: str) -> list[tuple[str, object]]:
                 raise argparse.ArgumentTypeError("option 'physical' takes no value")
             result.append((name, True))
             continue
+        if name == "virtual" and not equals:
+            result.append((name, True))
+            continue
         if not value:
             raise argparse.ArgumentTypeError(f"option {name!r} needs a value: {name}=...")
-        parse: Callable[[str], object] = {"wordsize": _wordsize, "endian": _endian}.get(
-            name, parse_number)
+        parsers: dict[str, Callable[[str], object]] = {
+            "wordsize": _wordsize, "endian": _endian, "symbols": _text}
+        parse = parsers.get(name, parse_number)
         try:
             result.append((name, parse(value)))
         except argparse.ArgumentTypeError as error:
@@ -182,6 +247,10 @@ class SourceSettings:
     offset: int | None = None
     length: int | None = None
     physical: bool = False
+    virtual: bool | int = False
+    """The kernel's virtual view (``True``, or the top-level table's physical address)."""
+    symbols: str | None = None
+    """A symbol table, ``FILE`` or ``FILE@BIAS`` (it replaces a map file's own)."""
     overrides: dict[str, object] = field(default_factory=dict)
     """``wordsize``/``endian`` to set after opening (``None`` as a value: unset)."""
 
@@ -198,6 +267,8 @@ def _settings(args: argparse.Namespace) -> SourceSettings:
         value = getattr(args, name, _NOT_GIVEN)
         if value is not _NOT_GIVEN:
             settings.overrides[name] = value
+    if getattr(args, "symbols", None) is not None:
+        settings.symbols = args.symbols
     return settings
 
 
@@ -206,12 +277,13 @@ def open_map(source: str, settings: SourceSettings) -> MemoryMap:
 
     Cost: reading the ELF headers or the map file; data is not read.
 
-    :raises CommandError: (status 1) for a missing, unreadable or malformed source, or an
-        option that does not apply to it.
+    :raises CommandError: (status 1) for a missing, unreadable or malformed source or
+        symbol table, or an option that does not apply to the source.
     """
     try:
         return vmemfs.open(source, address=settings.address, offset=settings.offset,
                            length=settings.length, physical=settings.physical,
+                           virtual=settings.virtual, symbols=settings.symbols,
                            **settings.overrides)  # type: ignore[arg-type]
     except OSError as error:
         raise CommandError(os_error_message(error, source), EXIT_INPUT) from None
@@ -246,6 +318,13 @@ def info_lines(memmap: MemoryMap, source: str) -> list[str]:
         f"machine:   {_describe_machine(memmap.machine)}",
     ]
     lines.extend(f"{label + ':':<10} {text}" for label, text in memmap.details)
+    lines.extend(memmap.notes)
+    table = memmap.symbols
+    if table is not None:
+        where = getattr(table, "source", "the map file")
+        bias = getattr(table, "bias", 0)
+        lines.append(f"symbols:   {len(table)} from {where}"
+                     + (f" (bias {bias:#x})" if bias else ""))
     preferred = memmap.preferred_base
     if preferred is not None:
         lines.append(f"base:      {preferred:#018x} (from the map file)")
@@ -281,12 +360,12 @@ def command_info(args: argparse.Namespace) -> int:
 
 def command_read(args: argparse.Namespace) -> int:
     """``vmemfs read``: copy LENGTH bytes from ADDRESS to standard output."""
-    address: int = args.address
+    memmap = open_map(args.source, _settings(args))
+    address = resolve_address(memmap, args.address, "ADDRESS")
     length: int = args.length
     if address + length > ADDRESS_LIMIT:
         raise CommandError(f"{address:#x} + {length:#x} passes the end of the address "
                            "space (2**64)", EXIT_USAGE)
-    memmap = open_map(args.source, _settings(args))
     out = sys.stdout.buffer
     buffer = bytearray(min(length, READ_CHUNK))
     view = memoryview(buffer)
@@ -322,7 +401,7 @@ def search_pattern(memmap: MemoryMap, args: argparse.Namespace) -> tuple[bytes, 
     align = 1
     if args.mode == "pointer":
         try:
-            value = parse_number(text)
+            value = resolve_address(memmap, address_argument(text), "--pointer")
         except argparse.ArgumentTypeError as error:
             raise CommandError(f"--pointer: {error}", EXIT_USAGE) from None
         word = _word_bytes(memmap, "--pointer")
@@ -365,7 +444,7 @@ def command_find(args: argparse.Namespace) -> int:
 
     memmap = open_map(args.source, _settings(args))
     pattern, align = search_pattern(memmap, args)
-    start: int | None = args.start
+    start = None if args.start is None else resolve_address(memmap, args.start, "--start")
     total = memmap.mapped_bytes(start or 0, ADDRESS_LIMIT)
     limit: int | None = args.max
     found = 0
@@ -431,6 +510,129 @@ class AddressWriter:
         self._next_write = self.clock() + self.INTERVAL
 
 
+# -------------------------------------------------------------------- at
+
+
+def field_path(text: str) -> tuple[list[str], str]:
+    """A FIELD argument of ``vmemfs at``: the links to follow and the last field.
+
+    ``FIELD`` is a name of ``at/ADDRESS/`` or a path of them, as in the mount:
+    ``deref/next/deref/string`` follows ``deref``, ``next`` and ``deref`` (links) and
+    shows ``string`` at the address reached.
+
+    :raises CommandError: (status 2) for a name that is not a field, or a value field
+        before the end of the path.
+    """
+    names = text.split("/")
+    for number, name in enumerate(names):
+        if name not in typed.FIELDS:
+            raise CommandError(f"FIELD {text!r}: {name!r} is not a field (fields: "
+                               f"{' '.join(typed.FIELDS)})", EXIT_USAGE)
+        if number < len(names) - 1 and name not in typed.LINKS:
+            raise CommandError(f"FIELD {text!r}: {name!r} is a value, not a link "
+                               f"({', '.join(typed.LINKS)}) to go through", EXIT_USAGE)
+    return names[:-1], names[-1]
+
+
+def at_text(memmap: MemoryMap, address: int, links: Sequence[str], last: str) -> bytes:
+    """What ``cat at/ADDRESS/LINK/.../LAST`` shows in a mount: a value's text (see
+    :mod:`vmemfs.typed`); for a link, the address it names as ``0x%016x`` and a newline
+    (what ``readlink`` shows, without the ``../``).
+
+    :raises CommandError: status 2 for an unset word size or byte order (``ENODATA`` in
+        the mount), 3 at a hole (``EIO``), 4 for a string with no NUL within 1 MiB
+        (``EFBIG``).
+    """
+    field = last
+    try:
+        for field in links:
+            address = typed.link(memmap, address, field)
+        field = last
+        if last in typed.LINKS:
+            return typed.address_name(typed.link(memmap, address, last)).encode() + b"\n"
+        return typed.value(memmap, address, last)
+    except NoWordsizeError:
+        raise CommandError(f"{field} at {address:#x} needs a word size: the map has none "
+                           "(give --wordsize 32 or --wordsize 64)", EXIT_USAGE) from None
+    except NoEndianError:
+        raise CommandError(f"{field} at {address:#x} needs a byte order: the map has none "
+                           "(give --endian little or --endian big)", EXIT_USAGE) from None
+    except HoleError as error:
+        raise CommandError(f"{field} at {address:#x}: {error}", EXIT_HOLE) from None
+    except typed.StringTooLong:
+        raise CommandError(f"string at {address:#x}: no NUL within "
+                           f"{typed.STRING_LIMIT >> 20} MiB", EXIT_TOO_LONG) from None
+
+
+STRING_SHOWN = 200
+"""Bytes of a string ``vmemfs at`` shows in its overview (the field itself shows all)."""
+
+
+def quoted(data: bytes) -> str:
+    r"""``data`` in double quotes, with C escapes for what is not printable ASCII.
+
+    >>> print(quoted(b'say "hi"\n\xff'))
+    "say \"hi\"\n\xff"
+    """
+    escapes = {0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+    parts = []
+    for byte in data:
+        if byte in escapes:
+            parts.append(escapes[byte])
+        elif 0x20 <= byte < 0x7F:
+            parts.append(chr(byte))
+        else:
+            parts.append(f"\\x{byte:02x}")
+    return '"' + "".join(parts) + '"'
+
+
+def overview_lines(memmap: MemoryMap, address: int) -> list[str]:
+    """``vmemfs at SOURCE ADDRESS`` without FIELD: every field, one per line, with its
+    value, or in brackets why it has none (``(word size unset)``, ``(not mapped at
+    0x...)``, ``(no NUL within 1 MiB)``).  Strings are quoted and escaped, and cut at
+    :data:`STRING_SHOWN` bytes."""
+    lines = [f"address  {typed.address_name(address)}"]
+    for name in typed.FIELDS:
+        try:
+            if name in typed.LINKS:
+                shown = typed.address_name(typed.link(memmap, address, name))
+            elif name == "string":
+                data = typed.string(memmap, address)
+                shown = quoted(data[:STRING_SHOWN]) + ("..." if len(data) > STRING_SHOWN
+                                                      else "")
+            else:
+                shown = typed.value(memmap, address, name).decode("ascii").rstrip("\n")
+        except NoWordsizeError:
+            shown = "(word size unset)"
+        except NoEndianError:
+            shown = "(byte order unset)"
+        except HoleError as error:
+            shown = f"(not mapped at {error.address:#x})"
+        except typed.StringTooLong:
+            shown = f"(no NUL within {typed.STRING_LIMIT >> 20} MiB)"
+        lines.append(f"{name:<8} {shown}")
+    return lines
+
+
+def command_at(args: argparse.Namespace) -> int:
+    """``vmemfs at``: the values of ``at/ADDRESS/FIELD`` (or an overview of all)."""
+    paths = [field_path(text) for text in args.fields]
+    memmap = open_map(args.source, _settings(args))
+    address = resolve_address(memmap, args.address, "ADDRESS")
+    out = sys.stdout.buffer
+    if not paths:
+        out.write("".join(line + "\n" for line in overview_lines(memmap, address)).encode())
+    for links, last in paths:
+        try:
+            text = at_text(memmap, address, links, last)
+        except CommandError:
+            out.flush()
+            raise
+        out.write(text)
+    out.flush()
+    return EXIT_OK
+
+
 # -------------------------------------------------------------------- save
 
 
@@ -477,11 +679,17 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", dest="options", metavar="OPTIONS", action="append", type=_source_options,
         help="comma-separated: address=A, offset=O, length=N (raw SOURCE), physical "
-             "(ELF: use p_paddr), wordsize=32|64|unset, endian=little|big|unset")
+             "(ELF: use p_paddr), wordsize=32|64|unset, endian=little|big|unset, "
+             "symbols=FILE[@BIAS]")
     parser.add_argument("--wordsize", type=_wordsize, default=_NOT_GIVEN,
                         metavar="32|64|unset", help="override the map's word size")
     parser.add_argument("--endian", type=_endian, default=_NOT_GIVEN,
                         metavar="little|big|unset", help="override the map's byte order")
+    parser.add_argument(
+        "--symbols", metavar="FILE[@BIAS]", default=None,
+        help="a symbol table: System.map, /proc/kallsyms, or an ELF file's .symtab/.dynsym "
+             "(@BIAS is added to every symbol: a PIE or library's load base); symbol "
+             "names are then taken wherever an address is")
 
 
 def _subparser(commands: argparse._SubParsersAction, name: str, summary: str,
@@ -507,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  vmemfs info vmcore\n"
                "  vmemfs read vmcore 0xffffffff81000000 64 | xxd\n"
                "  vmemfs find vmcore 'Linux version'\n"
+               "  vmemfs at vmcore --symbols System.map init_task pointer\n"
                "  vmemfs save guest.toml guest.core\n"
                "  vmemfs mount vmcore /mnt/vmcore -o holes=zero\n\n"
                "Run 'vmemfs COMMAND --help' for each command's options.\n\n"
@@ -540,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  vmemfs read guest.toml 0x1000 4K > page.bin\n"
         "  vmemfs read ram.bin 0x7c00 512 -o address=0 | ndisasm -b16 -\n")
     _add_source_arguments(read)
-    read.add_argument("address", metavar="ADDRESS", type=parse_number,
-                      help="the first address")
+    read.add_argument("address", metavar="ADDRESS", type=address_argument,
+                      help="the first address (or a symbol, with --symbols)")
     read.add_argument("length", metavar="LENGTH", type=parse_number,
                       help="how many bytes")
     read.set_defaults(handler=command_read)
@@ -570,11 +779,32 @@ def build_parser() -> argparse.ArgumentParser:
     find.set_defaults(mode="text")
     find.add_argument("--align", action="store_true",
                       help="only matches at multiples of the word size")
-    find.add_argument("--start", metavar="ADDRESS", type=parse_number, default=None,
+    find.add_argument("--start", metavar="ADDRESS", type=address_argument, default=None,
                       help="only matches at or above ADDRESS")
     find.add_argument("--max", metavar="N", type=_positive, default=None,
                       help="stop after N matches")
     find.set_defaults(handler=command_find)
+
+    at = _subparser(
+        commands, "at", "typed values at an address, as a mount's at/ADDRESS/ shows them",
+        "Print the values at ADDRESS as a mount shows them in at/ADDRESS/FIELD: "
+        "int8 uint8 int16 uint16 int32 uint32 int64 uint64 (in the map's byte order), "
+        "int (32 bits) and long (word size), signed, in decimal; pointer (0x and word "
+        "size / 4 hex digits); string (the bytes up to the next NUL).  Each FIELD's text "
+        "is printed in order, each ending with a newline.  deref, next and prev are links: "
+        "as a FIELD they print the address they name (the pointer's value, one word on, "
+        "one word back); in a path they are followed: deref/next/deref/string.  Without "
+        "FIELD, every field is shown, one per line.\n\n" + SOURCE_HELP,
+        "  vmemfs at vmcore 0xffffffff82a0c940 pointer\n"
+        "  vmemfs at core.1234 --symbols ./app HEAD deref/string deref/next/deref/string\n"
+        "  vmemfs at words.elf 0x2000000 uint32 --endian little\n"
+        "  vmemfs at vmcore --symbols System.map init_task+0x10\n")
+    _add_source_arguments(at)
+    at.add_argument("address", metavar="ADDRESS", type=address_argument,
+                    help="the address (or a symbol, with --symbols)")
+    at.add_argument("fields", metavar="FIELD", nargs="*",
+                    help="a field of at/ADDRESS/, or a path of links ending in one")
+    at.set_defaults(handler=command_at)
 
     save = _subparser(
         commands, "save", "write SOURCE's map as an ELF core file",

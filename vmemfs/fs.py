@@ -143,6 +143,7 @@ class Operations(pyfuse3.Operations):
         self.tree = tree
         self.nodes = tree.table
         self.handles = HandleTable()
+        self._open_handles = self.handles.by_number
         self.uid = uid
         self.gid = gid
         self.time_ns = time.time_ns() if time_ns is None else time_ns
@@ -248,13 +249,20 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=handle.direct_io,
                                 keep_cache=handle.keep_cache)
 
-    @_translated
     async def read(  # type: ignore[override]  # a buffer, not only bytes
             self, fh: int, off: int, size: int) -> Buffer:
-        handle = self.handles.get(fh)
-        if handle.asynchronous:
-            return await handle.read_async(off, size)
-        return handle.read(off, size)
+        # The hot path: translated here rather than by _translated, to spare a coroutine.
+        try:
+            handle = self._open_handles[fh]
+            if handle.asynchronous:
+                return await handle.read_async(off, size)
+            return handle.read(off, size)
+        except pyfuse3.FUSEError:
+            raise
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+        except Exception as error:
+            _failure(error, Operations.read, (self, fh, off, size))
 
     @_translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -89,6 +89,9 @@ class MemoryMap:
         self.details: list[tuple[str, str]] = []
         """What the format tells about the source, as ``(label, text)`` lines for
         ``vmemfs info`` (compression, pages dumped, kernel release, ...)."""
+        self.notes: list[str] = []
+        """How the layout was built, when that is more than its mappings say (a kernel
+        virtual view's page-table walk): shown by ``vmemfs info`` and ``.ctl/maps``."""
         self.preferred_base: int | None = None
         """The ``base`` a map file asks a mount to use, or ``None``."""
         self.vmcoreinfo: bytes | None = None

@@ -260,6 +260,11 @@ def mount(operations: Operations, mountpoint: str, options: set[str]) -> None:
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+MAX_TASKS = 8
+"""FUSE worker tasks: while one request waits (a ``find/`` read waiting for its scan),
+others are answered.  Requests that do not wait are served one after another whatever
+this number."""
+
 
 READAHEAD_KB = 1024
 """Readahead for the page-cached files (``extents/*``): one 1 MiB request instead of eight
@@ -308,7 +313,7 @@ async def _serve(mountpoint: str) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(_raise_readahead, mountpoint)
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
             nursery.cancel_scope.cancel()
 
 

@@ -8,6 +8,7 @@ Python values or as text in the grammar of :mod:`vmemfs.values`.
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -16,7 +17,10 @@ from typing import Any
 
 from vmemfs import values
 from vmemfs.errors import FormatError
-from vmemfs.formats import elf, mapfile, process, symbols
+from vmemfs.formats import elf, kdump, lime, mapfile, process, symbols
+from vmemfs.formats.dump import Dump
+from vmemfs.formats.symbols import kernel_relocation
+from vmemfs.formats.virtual import build_virtual_map
 from vmemfs.memmap import MemoryMap
 
 HEAD_SIZE = 4096
@@ -62,6 +66,21 @@ def _load_mapfile(path: str, memmap: MemoryMap, document: Any,
                       (info.st_dev, info.st_ino))
 
 
+def _load_dump(open_dump: Callable[[str], Dump]) -> Callable[
+        [str, MemoryMap, Any, dict[str, Any]], None]:
+    """A loader for a dump format: its regions, settings and VMCOREINFO into the map."""
+    def load(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any]) -> None:
+        dump = open_dump(path)
+        try:
+            dump.add_to(memmap)
+        except BaseException:
+            dump.close()
+            raise
+        memmap.vmcoreinfo = dump.vmcoreinfo
+        memmap.details = list(dump.info)
+    return load
+
+
 def _load_raw(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any]) -> None:
     address = options.get("address")
     offset = options.get("offset")
@@ -73,6 +92,10 @@ def _load_raw(path: str, memmap: MemoryMap, sniffed: Any, options: dict[str, Any
 FORMATS: list[Format] = [
     Format("elf", "ELF file", lambda head, path: head.startswith(elf.ELF_MAGIC), _load_elf,
            ("physical",)),
+    Format("kdump", "kdump-compressed dump", lambda head, path: kdump.looks_like(head),
+           _load_dump(kdump.open_kdump)),
+    Format("lime", "LiME or AVML capture", lambda head, path: lime.looks_like(head),
+           _load_dump(lime.open_lime)),
     Format("map", "map file", _sniff_mapfile, _load_mapfile),
 ]
 """Formats tried in order; a file that none claims is raw."""
@@ -89,6 +112,7 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """The format of ``path`` and what telling it found (a map file's parsed document).
 
     Cost: one read of 4 KiB, plus reading a file that looks like text (at most 16 MiB).
+    A file whose first bytes cannot be read (``EIO``) is raw.
 
     :raises FormatError: for a file that claims a format and is broken at its start
         (text with a ``[[map]]`` header that is not valid TOML).
@@ -96,7 +120,12 @@ def detect(path: str | os.PathLike[str]) -> tuple[Format, Any]:
     """
     name = os.fsdecode(path)
     with builtins.open(name, "rb") as stream:
-        head = stream.read(HEAD_SIZE)
+        try:
+            head = stream.read(HEAD_SIZE)
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            return RAW, True  # its start cannot be read (a hole in another mount's mem)
     for candidate in FORMATS:
         sniffed = candidate.sniff(head, name)
         if sniffed:
@@ -121,6 +150,7 @@ def open(
     wordsize: int | str | None = KEEP,
     endian: str | None = KEEP,
     symbols: str | os.PathLike[str] | None = None,
+    virtual: bool | int | str | None = None,
 ) -> MemoryMap:
     """Open ``source`` as a new memory map, its format detected by content.
 
@@ -133,8 +163,18 @@ def open(
     * anything else: raw bytes (``offset``, ``length`` bytes, default to the end) at
       ``address`` (default 0).
 
+    ``virtual`` (``True``, or the physical address of the top-level page table, the CR3
+    value) turns the physical map of an x86-64 Linux guest into the kernel's virtual
+    address space by walking its page tables (the table from VMCOREINFO when not given);
+    an ELF's loads are then taken at ``p_paddr``.  The physical map is the virtual map's
+    source: nothing is copied.
+
+    A kernel dump's symbols move by the KASLR offset its VMCOREINFO gives unless a bias
+    is given (``FILE@BIAS``, ``@0`` included) (:func:`vmemfs.formats.symbols.kernel_relocation`).
+
     ``symbols`` names a symbol table (``FILE`` or ``FILE@BIAS``: a ``System.map``,
-    ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols``.
+    ``kallsyms`` or ELF ``.symtab``/``.dynsym``), kept as the map's ``symbols`` (in
+    place of a map file's own ``symbols``).
 
     Numbers may be ints or text (``"0x1000"``, ``"4K"``); ``wordsize`` and ``endian``,
     when given, override what the source says (``None`` or ``"unset"`` unsets).  The map's
@@ -154,6 +194,9 @@ def open(
             options[option] = _parsed(option, given, parse)
     if physical:
         options["physical"] = True
+    top_table: int | None = None
+    if virtual is not None and virtual is not False and virtual is not True:
+        top_table = _parsed("virtual", virtual, values.parse_address)
     settings: dict[str, Any] = {}
     if wordsize is not KEEP:
         settings["wordsize"] = _parsed("wordsize", "unset" if wordsize is None else wordsize,
@@ -184,6 +227,8 @@ def open(
             article = "an" if found.title[0] in "AEIOU" else "a"
             raise FormatError(f"{name}: option {option}{'' if option == 'physical' else '='} "
                               f"applies to {_WHERE[option]}, not to {article} {found.title}")
+    if virtual is not None and virtual is not False and "physical" in found.takes:
+        options["physical"] = True   # the page tables hold physical addresses
     memmap = MemoryMap()
     try:
         found.load(name, memmap, sniffed, options)
@@ -191,9 +236,33 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
-    memmap.symbols = table
+    if virtual is not None and virtual is not False:
+        memmap = _virtual(memmap, top_table, name)
+    if table is not None:  # the option wins over a map file's own symbols
+        if "@" not in os.fsdecode(symbols or "") and memmap.vmcoreinfo is not None:
+            table = table.rebased(kernel_relocation(table, memmap.vmcoreinfo))
+        memmap.symbols = table
     for setting, value in settings.items():
         setattr(memmap, setting, value)
+    return memmap
+
+
+def _virtual(physical: MemoryMap, top_table: int | None, name: str) -> MemoryMap:
+    """The kernel's virtual view of ``physical`` (which it then owns)."""
+    try:
+        view = build_virtual_map(physical, top_table=top_table,
+                                 vmcoreinfo=physical.vmcoreinfo, name=name)
+    except BaseException:
+        physical.close()
+        raise
+    memmap = view.memmap
+    if not len(view.lengths):
+        physical.close()
+    memmap.format = physical.format
+    memmap.details = [*physical.details, ("view", "kernel virtual (page tables walked)")]
+    memmap.notes = view.describe()
+    memmap.vmcoreinfo = physical.vmcoreinfo
+    memmap.symbols = physical.symbols  # a map file's own symbols name virtual addresses
     return memmap
 
 

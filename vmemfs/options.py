@@ -36,6 +36,9 @@ options (-o, comma-separated, may be repeated):
   cache=auto|never                auto: mem through the page cache where that is exact;
                                   never: always direct_io (default auto)
   symbols=FILE[@BIAS]             System.map, kallsyms or ELF symbols: MOUNTPOINT/sym/
+  virtual[=ADDRESS]               an x86-64 Linux guest's physical dump as the kernel's
+                                  virtual address space (page tables from VMCOREINFO, or
+                                  the top-level table's physical address, CR3)
   allow_other                     let other users read the mount
   fsname=NAME                     what /proc/mounts shows as source
   auto_unmount                    unmount when the daemon dies
@@ -95,7 +98,7 @@ class MountOptions:
         """The keyword arguments of :func:`vmemfs.open` these options stand for."""
         result: dict[str, Any] = {"address": self.address, "offset": self.offset,
                                   "length": self.length, "physical": self.physical,
-                                  "symbols": self.symbols}
+                                  "symbols": self.symbols, "virtual": self.virtual}
         result.update(self.controls)
         return result
     holes: str = values.HOLES_EIO
@@ -105,6 +108,9 @@ class MountOptions:
     auto_unmount: bool = False
     fsname: str | None = None
     symbols: str | None = None
+    virtual: bool | int = False
+    """The kernel's virtual view: ``True`` (table from VMCOREINFO) or the top-level page
+    table's physical address."""
     """``FILE`` or ``FILE@BIAS``: a symbol table for ``sym/``."""
     debug: bool = False
     foreground: bool = False
@@ -133,6 +139,15 @@ def parse_option(option: str, options: MountOptions, *, sloppy: bool = False) ->
         a missing value.
     """
     name, equals, value = option.partition("=")
+    if name == "virtual":
+        if not equals:
+            options.virtual = True
+        else:
+            try:
+                options.virtual = ctl.checked(name, values.parse_address, value)
+            except ctl.ControlValueError as error:
+                raise UsageError(f"option {error}") from None
+        return None
     if name in _FLAG_OPTIONS:
         if equals:
             raise UsageError(f"option {name!r} takes no value")

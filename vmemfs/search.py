@@ -21,6 +21,8 @@ class Searchable(Protocol):
 
 CHUNK = 8 << 20
 """Bytes read per step of a scan."""
+PAGE = 4096
+"""After a byte that cannot be read, the scan resumes at the next multiple of this."""
 
 
 def iter_matches(
@@ -35,7 +37,7 @@ def iter_matches(
 
     Only addresses that are multiples of ``align`` are reported.  ``start=None`` means the
     lowest mapped address.  Bytes lost from a backing file that shrank are skipped like
-    holes.  ``progress``, if given, is called with the number of bytes scanned so far.
+    holes, page by page.  ``progress``, if given, is called with the number of bytes scanned so far.
 
     Runtime complexity: ``O(mapped bytes from start)`` byte comparisons, plus ``O(1)``
     Python work per chunk and per match.
@@ -74,8 +76,11 @@ def iter_matches(
             if progress is not None:
                 progress(scanned)
             if count < want:
-                # Bytes lost from a shrunken file: resume after the piece that lost them.
-                position = memmap.lost_bytes_end(position + count)
+                # A byte the source cannot serve (a guard page of a process, a page that
+                # fails to decode, a file that shrank): resume at the next page, within
+                # the piece that failed, so readable pages after it are still searched.
+                failed = position + count
+                position = min(memmap.lost_bytes_end(failed), (failed | (PAGE - 1)) + 1)
             elif position + count >= extent_end:
                 break
             else:

@@ -5,7 +5,12 @@ Targets, chosen by the first byte of each input:
 * ``source``: the bytes as a file, opened by content (ELF, map file or raw) with
   :func:`vmemfs.formats.open_source`, and every extent's first and last byte read;
 * ``options``: the bytes as a ``mount.vmemfs`` ``-o`` string, parsed;
-* ``control``: the bytes as a write to a ``.ctl/`` file, parsed.
+* ``control``: the bytes as a write to a ``.ctl/`` file, parsed;
+* ``kdump``: the bytes as a kdump-compressed file (standard or flattened), opened with
+  :func:`vmemfs.formats.kdump.open_kdump`, and every region's first and last byte read
+  (pages decompressed: a corrupt page must read short, never raise);
+* ``lime``: the bytes as a LiME or AVML capture, opened with
+  :func:`vmemfs.formats.lime.open_lime`, and read the same way.
 
 Only the documented errors may come out (``ValueError``, which ``FormatError`` and
 ``ControlValueError`` are, or ``UsageError``), each on one line; anything else is a crash
@@ -26,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import atheris
@@ -36,11 +42,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 with atheris.instrument_imports(include=["vmemfs"]):
     from vmemfs import ctl
     from vmemfs import open as open_source
+    from vmemfs.formats.dump import Dump
+    from vmemfs.formats.kdump import open_kdump
+    from vmemfs.formats.lime import open_lime
     from vmemfs.mount import UsageError, parse_command_line
 
-from artifacts.craft import PT_NOTE, Segment, build_elf, note
+import logging
+import random
 
-TARGETS = ("source", "options", "control")
+from artifacts.craft import PT_NOTE, Segment, build_elf, note
+from dumpwriters import (
+    random_map,
+    vmcoreinfo_text,
+    write_avml,
+    write_kdump,
+    write_lime,
+)
+
+TARGETS = ("source", "options", "control", "kdump", "lime")
+# A page that fails to decompress is logged once: expected here, and noisy.
+logging.getLogger("vmemfs.sources.blocks").disabled = True
 _WORK = Path(tempfile.mkdtemp(prefix="vmemfs-fuzz-"))
 atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 _SOURCE = _WORK / "input"
@@ -89,6 +110,23 @@ def fuzz_control(data: bytes) -> None:
     ctl.format_value(name, value)
 
 
+def fuzz_dump(data: bytes, opener: Callable[[Path], Dump]) -> None:
+    _SOURCE.write_bytes(data)
+    try:
+        dump = opener(_SOURCE)
+    except ValueError as error:
+        one_line(error)
+        return
+    try:
+        byte = memoryview(bytearray(1))
+        for offset, length in zip(dump.offsets.tolist(), dump.lengths.tolist(), strict=True):
+            if length:
+                dump.source.read_into(offset, byte)
+                dump.source.read_into(offset + length - 1, byte)
+    finally:
+        dump.close()
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
         return
@@ -98,8 +136,12 @@ def test_one_input(data: bytes) -> None:
         fuzz_source(body)
     elif target == "options":
         fuzz_options(body)
-    else:
+    elif target == "control":
         fuzz_control(body)
+    elif target == "kdump":
+        fuzz_dump(body, open_kdump)
+    else:
+        fuzz_dump(body, open_lime)
 
 
 def seeds() -> dict[str, bytes]:
@@ -125,7 +167,29 @@ def seeds() -> dict[str, bytes]:
     result["options2"] = bytes([1]) + b"address=4096,offset=0x10,length=16,fsname=a\\,b"
     for number, value in enumerate([b"64\n", b"little", b"0xffffffff81000000", b"zero"]):
         result[f"control{number}"] = bytes([2, number]) + value
+    result.update(dump_seeds())
     return result
+
+
+def dump_seeds() -> dict[str, bytes]:
+    """Small kdump (512-byte pages, each codec, both layouts), LiME and AVML files."""
+    memmap = random_map(random.Random(1), pages=3, block_size=512, top_pfn=40)
+    found = {}
+    for number, (codec, flattened, wordsize, endian) in enumerate([
+            ("zlib", False, 64, "little"), ("lzo", True, 64, "little"),
+            ("snappy", False, 32, "big"), ("zstd", True, 32, "little"),
+            ("raw", False, 64, "big")]):
+        path = _WORK / f"seed{number}.kdump"
+        write_kdump(path, memmap, block_size=512, compression=codec, flattened=flattened,
+                    wordsize=wordsize, endian=endian, record_size=300 if flattened else None,
+                    vmcoreinfo=vmcoreinfo_text(page_size=512)[:80])
+        found[f"kdump-{codec}"] = bytes([3]) + path.read_bytes()
+    write_lime(_WORK / "seed.lime", memmap)
+    found["lime"] = bytes([4]) + (_WORK / "seed.lime").read_bytes()
+    write_avml(_WORK / "seed.avml", memmap, max_block=700, chunk_size=300,
+               uncompressed=lambda n: n % 2 == 1)
+    found["avml"] = bytes([4]) + (_WORK / "seed.avml").read_bytes()
+    return found
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vmemfs.errors import FormatError
+from vmemfs.errors import FormatError, one_line
 from vmemfs.values import Endian
 
 ELF_MAGIC = b"\x7fELF"
@@ -50,7 +50,11 @@ ASCII ``vmfs``: a number no core-file reader gives a meaning to (type 1 would be
 for ``NT_PRSTATUS`` by readers that ignore the owner name).
 """
 MAX_NOTE_SCAN = 1 << 20
-"""Only a first ``PT_NOTE`` at most this large is searched for the VMEMFS note."""
+"""Only ``PT_NOTE`` segments at most this large are searched for notes."""
+MAX_NOTE_SEGMENTS = 4
+"""Only the first few ``PT_NOTE`` segments are searched."""
+VMCOREINFO_NAME = b"VMCOREINFO"
+"""Owner name of the note holding a Linux kernel's VMCOREINFO text (kdump, QEMU)."""
 
 # Layouts, byte order left out (prefixed when used).  Field names as in <elf.h>.
 EHDR32 = "16sHHIIIIIHHHHHH"
@@ -124,6 +128,8 @@ class ElfLayout:
     endian: str | None
     settings_note: bool
     """Whether a VMEMFS note supplied ``wordsize`` and ``endian``."""
+    vmcoreinfo: bytes | None = None
+    """The text of a ``VMCOREINFO`` note (a kernel dump's), or ``None``."""
 
 
 def _file_size(fd: int) -> int:
@@ -252,7 +258,7 @@ def read_layout(path: str | os.PathLike[str], *, physical: bool = False) -> ElfL
         addresses = table[field].astype(np.uint64)
         loads = np.flatnonzero((types == PT_LOAD) & (lengths > 0))
         _check_loads(name, loads, offsets, lengths, addresses, file_size, field)
-        settings = _read_settings_note(fd, name, header, table, file_size)
+        settings, vmcoreinfo = _read_notes(fd, name, header, table, file_size)
     finally:
         os.close(fd)
     if settings is None:
@@ -268,6 +274,7 @@ def read_layout(path: str | os.PathLike[str], *, physical: bool = False) -> ElfL
         wordsize=wordsize,
         endian=endian,
         settings_note=settings is not None,
+        vmcoreinfo=vmcoreinfo,
     )
 
 
@@ -298,22 +305,26 @@ def _check_loads(name: str, loads: np.ndarray, offsets: np.ndarray, lengths: np.
     )
 
 
-def _read_settings_note(fd: int, name: str, header: ElfHeader, table: np.ndarray,
-                        file_size: int) -> tuple[int | None, str | None] | None:
-    """Word size and byte order from a VMEMFS note in the first ``PT_NOTE``, if any."""
-    notes = np.flatnonzero(table["p_type"] == PT_NOTE)
-    if not len(notes):
-        return None
-    entry = table[int(notes[0])]
-    offset, size = int(entry["p_offset"]), int(entry["p_filesz"])
-    if size > MAX_NOTE_SCAN or offset > file_size or size > file_size - offset:
-        return None
-    data = _pread_exact(fd, size, offset)
+def _read_notes(fd: int, name: str, header: ElfHeader, table: np.ndarray, file_size: int
+                ) -> tuple[tuple[int | None, str | None] | None, bytes | None]:
+    """Word size and byte order from a VMEMFS note in the first ``PT_NOTE`` segment (where
+    the save format puts it), and the text of a ``VMCOREINFO`` note in any of the first
+    :data:`MAX_NOTE_SEGMENTS` (each at most :data:`MAX_NOTE_SCAN` bytes)."""
+    settings: tuple[int | None, str | None] | None = None
+    vmcoreinfo: bytes | None = None
     order = "<" if header.endian == "little" else ">"
-    for note_name, note_type, desc in iter_notes(data, order):
-        if note_name == NOTE_NAME and note_type == NT_VMEMFS_SETTINGS:
-            return parse_settings(desc, name)
-    return None
+    for position, number in enumerate(np.flatnonzero(table["p_type"] == PT_NOTE)
+                                      [:MAX_NOTE_SEGMENTS]):
+        entry = table[int(number)]
+        offset, size = int(entry["p_offset"]), int(entry["p_filesz"])
+        if size > MAX_NOTE_SCAN or offset > file_size or size > file_size - offset:
+            continue
+        for note_name, note_type, desc in iter_notes(_pread_exact(fd, size, offset), order):
+            if note_name == NOTE_NAME and note_type == NT_VMEMFS_SETTINGS and position == 0:
+                settings = parse_settings(desc, name)
+            elif note_name == VMCOREINFO_NAME and vmcoreinfo is None:
+                vmcoreinfo = desc.rstrip(b"\0")
+    return settings, vmcoreinfo
 
 
 def iter_notes(data: bytes, order: str) -> Iterator[tuple[bytes, int, bytes]]:
@@ -365,6 +376,7 @@ class ElfTarget(Protocol):
     wordsize: int | None
     endian: Endian | None
     machine: int | None
+    vmcoreinfo: bytes | None
 
     def add_file_arrays(self, src: str | os.PathLike[str], addresses: np.ndarray,
                         offsets: np.ndarray, lengths: np.ndarray, *, kind: str) -> None: ...
@@ -405,7 +417,7 @@ def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool =
         except FormatError:
             raise
         except ValueError as error:
-            raise FormatError(f"{name}: {' '.join(str(error).split())}") from None
+            raise FormatError(f"{name}: {one_line(error)}") from None
     if layout.wordsize is not None:
         memmap.wordsize = layout.wordsize
     if layout.endian is not None:
@@ -413,3 +425,5 @@ def add_elf(memmap: ElfTarget, path: str | os.PathLike[str], *, physical: bool =
     machine = layout.header.machine
     if machine != EM_NONE and memmap.machine is None:
         memmap.machine = machine
+    if layout.vmcoreinfo is not None and memmap.vmcoreinfo is None:
+        memmap.vmcoreinfo = layout.vmcoreinfo

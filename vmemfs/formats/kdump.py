@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,7 +137,8 @@ def looks_like(head: bytes) -> bool:
 class FlattenedBytes:
     """The image a flattened file describes, read in place through its record index.
 
-    Image offsets no record covers cannot be read (a :meth:`pread` stops short there).
+    Image offsets that no record covers read as zeros, as in the file ``makedumpfile -R``
+    rearranges (where they are holes of a sparse file).
     """
 
     def __init__(self, file: FileBytes, records: SegmentIndex, size: int,
@@ -153,24 +153,27 @@ class FlattenedBytes:
         return self._size
 
     def pread(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` image bytes from ``offset``, short at the first uncovered byte.
+        """Up to ``size`` image bytes from ``offset``: short only at the end of the image
+        or where the file cannot be read.
 
         Runtime complexity: ``O(log r + k)`` for ``r`` records, ``k`` of them read.
         """
-        size = min(size, self._size - offset)
-        if size <= 0:
+        end = min(offset + size, self._size)
+        if end <= offset:
             return b""
         parts: list[bytes] = []
         position = offset
-        for piece in self._records.resolve(offset, offset + size):
-            if piece.start != position:
-                break
+        for piece in self._records.resolve(offset, end):
+            if piece.start > position:
+                parts.append(bytes(piece.start - position))
             want = piece.end - piece.start
             data = self._file.pread(piece.offset, want)
             parts.append(data)
-            position += len(data)
+            position = piece.start + len(data)
             if len(data) < want:
-                break
+                return b"".join(parts)
+        if position < end:
+            parts.append(bytes(end - position))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def file_offset(self, offset: int) -> int | None:
@@ -245,6 +248,7 @@ def _index_flattened(file: FileBytes, name: str) -> FlattenedBytes:
     records = SegmentIndex()
     records.insert_runs(starts, starts + lengths - np.uint64(1),
                         np.zeros(len(starts), dtype=np.int32), stored_at - starts)
+    records.flush()  # lookups then never modify the index: safe from several threads
     image_size = int((starts + lengths).max()) if len(starts) else 0
     return FlattenedBytes(file, records, image_size, len(logicals))
 
@@ -580,142 +584,232 @@ def open_kdump(path: str | os.PathLike[str], *, cache_bytes: int = DEFAULT_CACHE
         raise
 
 
-def _open(file: FileBytes, name: str, cache_bytes: int) -> Dump:
-    head = file.pread(0, len(FLAT_SIGNATURE))
-    if not looks_like(head):
-        raise FormatError(f"{name}: not a kdump-compressed file (no KDUMP, DISKDUMP or "
-                          f"makedumpfile signature)")
-    stored: FileBytes | FlattenedBytes = file
-    flattened: FlattenedBytes | None = None
-    if head.startswith(FLAT_SIGNATURE):
-        flattened = _index_flattened(file, name)
-        stored = flattened
+class _Image:
+    """The dump image being opened: the standard file or a flattened file's image."""
 
-    def where(offset: int) -> str:
-        if flattened is None:
+    def __init__(self, file: FileBytes, name: str) -> None:
+        self.file = file
+        self.name = name
+        head = file.pread(0, len(FLAT_SIGNATURE))
+        if not looks_like(head):
+            raise FormatError(f"{name}: not a kdump-compressed file (no KDUMP, DISKDUMP or "
+                              f"makedumpfile signature)")
+        self.flattened = _index_flattened(file, name) if head.startswith(FLAT_SIGNATURE) \
+            else None
+        self.stored: FileBytes | FlattenedBytes = self.flattened or file
+        self.size = self.stored.size()
+        self.backing = file.size()
+        """What the file holds: a flattened image's gaps read as zeros, so no structure
+        read at open may be larger than the file itself."""
+
+    def where(self, offset: int) -> str:
+        """How errors name image offset ``offset``."""
+        if self.flattened is None:
             return f"offset {offset:#x}"
-        at = flattened.file_offset(offset)
+        at = self.flattened.file_offset(offset)
         stored_at = "" if at is None else f", file offset {at:#x}"
         return f"offset {offset:#x} (flattened image{stored_at})"
 
-    header = _read_header(stored, name)
-    sub = _read_sub_header(stored, name, header)
-    vmcoreinfo = _read_vmcoreinfo(stored, name, header, sub)
-    block_size = header.block_size
-    image_size = stored.size()
+    def error(self, structure: str, offset: int, problem: str) -> FormatError:
+        return FormatError(f"{self.name}: {structure} at {self.where(offset)}: {problem}")
 
-    # Bitmaps: two halves (RAM, dumped) when max_mapnr fits in half, else one for both.
+
+@dataclass
+class _Bitmaps:
+    """The page frames the bitmaps describe, as runs of dumped frames."""
+
+    max_mapnr: int
+    pfns: np.ndarray
+    """First page frame of each run of dumped frames (``uint64``)."""
+    lengths: np.ndarray
+    """Frames in each run (``uint64``)."""
+    excluded: int
+    """Frames in RAM (first bitmap) left out (second bitmap clear)."""
+    table_at: int
+    """Image offset of the page descriptors."""
+
+
+def _read_bitmaps(image: _Image, header: DiskDumpHeader, sub: SubHeader) -> _Bitmaps:
+    """Read both bitmaps and turn the second into runs of dumped page frames.
+
+    The bitmap blocks hold two halves (RAM, dumped) when ``max_mapnr`` fits in half of
+    them, else one bitmap that serves as both.  In one part of a split dump only the
+    frames of its range count.
+
+    :raises FormatError: if ``max_mapnr`` pages pass 2**64, or a bitmap cannot be read.
+    """
+    block_size = header.block_size
     bitmap_at = (1 + header.sub_hdr_size) * block_size
     bitmap_bytes = header.bitmap_blocks * block_size
     max_mapnr = sub.max_mapnr_64 if sub.max_mapnr_64 else header.max_mapnr
     if max_mapnr <= bitmap_bytes * 8 // 2:
-        half = bitmap_bytes // 2
-        dumped_at = bitmap_at + half
+        dumped_at = bitmap_at + bitmap_bytes // 2
     else:
-        half = bitmap_bytes
         dumped_at = bitmap_at
         max_mapnr = min(max_mapnr, bitmap_bytes * 8)
     if max_mapnr * block_size > 1 << 64:
-        raise FormatError(f"{name}: disk_dump_header at offset 0x0: max_mapnr "
-                          f"{max_mapnr:#x} pages of {block_size:#x} bytes pass 2**64")
+        raise image.error("disk_dump_header", 0, f"max_mapnr {max_mapnr:#x} pages of "
+                          f"{block_size:#x} bytes pass 2**64")
     needed = (max_mapnr + 7) // 8
-    ram_bitmap = _read_bitmap(stored, name, "first bitmap", bitmap_at, needed, where)
-    dumped_bitmap = ram_bitmap if dumped_at == bitmap_at else \
-        _read_bitmap(stored, name, "second bitmap", dumped_at, needed, where)
+    if image.flattened is not None and 2 * needed > image.backing:
+        raise image.error("bitmaps", bitmap_at, f"{needed:#x} bytes each, more than the "
+                          f"file holds ({image.backing:#x} bytes)")
+    ram = _read_bitmap(image, "first bitmap", bitmap_at, needed)
+    dumped = ram if dumped_at == bitmap_at else \
+        _read_bitmap(image, "second bitmap", dumped_at, needed)
     first_pfn, stop_pfn = 0, max_mapnr
     if sub.split:
         first_pfn, stop_pfn = min(sub.start_pfn, max_mapnr), min(sub.end_pfn, max_mapnr)
-    pfns, run_lengths = bitmap_runs(dumped_bitmap, first_pfn, stop_pfn)
-    count = int(run_lengths.sum(dtype=np.uint64))
-    excluded = _count_excluded(ram_bitmap, dumped_bitmap, first_pfn, stop_pfn)
-    ram_pages = excluded + count
+    pfns, lengths = bitmap_runs(dumped, first_pfn, stop_pfn)
+    return _Bitmaps(max_mapnr, pfns, lengths,
+                    _count_excluded(ram, dumped, first_pfn, stop_pfn),
+                    bitmap_at + bitmap_bytes)
 
-    # Page descriptors: one per dumped page, in pfn order.
-    incomplete = bool(header.status & DUMP_DH_COMPRESSED_INCOMPLETE)
-    table_at = bitmap_at + bitmap_bytes
-    present = count
-    if table_at + count * PAGE_DESC_SIZE > image_size:
-        present = max(0, (image_size - table_at) // PAGE_DESC_SIZE)
-        if not incomplete:
-            raise FormatError(f"{name}: page descriptor {present} at "
-                              f"{where(table_at + present * PAGE_DESC_SIZE)}: passes the end "
-                              f"of the file ({image_size:#x} bytes; {count} pages dumped)")
-    stored_offsets = np.zeros(count, dtype=np.uint64)
-    stored_sizes = np.zeros(count, dtype=np.uint32)
+
+def _read_bitmap(image: _Image, what: str, at: int, size: int) -> np.ndarray:
+    data = image.stored.pread(at, size)
+    if len(data) < size:
+        raise image.error(what, at, f"{size:#x} bytes cannot be read (only {len(data):#x})")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+@dataclass
+class _Descriptors:
+    """The page descriptors, checked: where each dumped page is stored and how."""
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    codecs: np.ndarray
+    valid: np.ndarray
+    """False for a page an incomplete dump did not write (it is a hole)."""
+
+
+def _read_descriptors(image: _Image, header: DiskDumpHeader, count: int, table_at: int,
+                      incomplete: bool) -> _Descriptors:
+    """Read and check ``count`` page descriptors from ``table_at``, a chunk at a time.
+
+    In an ``incomplete`` dump, descriptors missing or wrong mark pages not written;
+    otherwise the first wrong one is an error.
+
+    :raises FormatError: naming the descriptor's number and offset and what is wrong.
+    """
+    block_size = header.block_size
+    offsets = np.zeros(count, dtype=np.uint64)
+    sizes = np.zeros(count, dtype=np.uint32)
     codecs = np.zeros(count, dtype=np.uint8)
     valid = np.zeros(count, dtype=bool)
-    limit = np.uint64(image_size)
+    limit = np.uint64(image.size)
     codec_of_flags = np.zeros(PAGE_COMPRESSION_FLAGS + 1, dtype=np.uint8)
     for flag, codec in _CODEC_OF_FLAG.items():
         codec_of_flags[flag] = codec
     dtype = _PAGE_DESC_DTYPES[header.order]
-    for first in range(0, present, _DESCRIPTOR_CHUNK):
-        number = min(_DESCRIPTOR_CHUNK, present - first)
+    for first in range(0, count, _DESCRIPTOR_CHUNK):
+        number = min(_DESCRIPTOR_CHUNK, count - first)
         at = table_at + first * PAGE_DESC_SIZE
-        raw = stored.pread(at, number * PAGE_DESC_SIZE)
+        raw = image.stored.pread(at, number * PAGE_DESC_SIZE)
         if len(raw) < number * PAGE_DESC_SIZE:
             bad = first + len(raw) // PAGE_DESC_SIZE
-            raise FormatError(f"{name}: page descriptor {bad} at "
-                              f"{where(table_at + bad * PAGE_DESC_SIZE)}: cannot be read")
+            raise image.error(f"page descriptor {bad}", table_at + bad * PAGE_DESC_SIZE,
+                              "cannot be read")
         table = np.frombuffer(raw, dtype=dtype)
-        offsets = table["offset"].astype(np.uint64)
-        sizes = table["size"].astype(np.uint64)
+        stored_at = table["offset"].astype(np.uint64)
+        stored_size = table["size"].astype(np.uint64)
         flags = table["flags"].astype(np.uint32)
         unknown = (flags & np.uint32(~PAGE_COMPRESSION_FLAGS & 0xFFFFFFFF)) != 0
         several = (flags & (flags - np.uint32(1))) != 0
         raw_page = flags == 0
-        bad_raw = raw_page & (sizes != block_size)
-        bad_packed = ~raw_page & ((sizes == 0) | (sizes > 2 * block_size))
-        past_end = (offsets > limit) | (sizes > limit - np.minimum(offsets, limit))
+        bad_raw = raw_page & (stored_size != block_size)
+        bad_packed = ~raw_page & ((stored_size == 0) | (stored_size > 2 * block_size))
+        past_end = (stored_at > limit) | (stored_size > limit - np.minimum(stored_at, limit))
         bad = unknown | several | bad_raw | bad_packed | past_end
         if bool(bad.any()) and not incomplete:
             i = int(np.flatnonzero(bad)[0])
-            problem = _descriptor_problem(
-                int(offsets[i]), int(sizes[i]), int(flags[i]), block_size, image_size)
-            raise FormatError(f"{name}: page descriptor {first + i} at "
-                              f"{where(at + i * PAGE_DESC_SIZE)}: {problem}")
+            problem = _descriptor_problem(int(stored_at[i]), int(stored_size[i]),
+                                          int(flags[i]), block_size, image.size)
+            raise image.error(f"page descriptor {first + i}", at + i * PAGE_DESC_SIZE,
+                              problem)
         good = ~bad
         chunk = slice(first, first + number)
         valid[chunk] = good
-        stored_offsets[chunk] = np.where(good, offsets, 0)
-        stored_sizes[chunk] = np.where(good, sizes, 0)
+        offsets[chunk] = np.where(good, stored_at, 0)
+        sizes[chunk] = np.where(good, stored_size, 0)
         codecs[chunk] = codec_of_flags[np.where(good, flags, 0)]
-    not_written = count - int(np.count_nonzero(valid))
+    return _Descriptors(offsets, sizes, codecs, valid)
+
+
+def _descriptors_present(image: _Image, count: int, table_at: int, incomplete: bool) -> int:
+    """How many of ``count`` descriptors the image holds (all, unless ``incomplete``).
+
+    :raises FormatError: if the table passes the end of the file, in a complete dump.
+    """
+    present = count
+    if table_at + count * PAGE_DESC_SIZE > image.size:
+        present = max(0, (image.size - table_at) // PAGE_DESC_SIZE)
+        if not incomplete:
+            raise image.error(f"page descriptor {present}", table_at + present * PAGE_DESC_SIZE,
+                              f"passes the end of the file ({image.size:#x} bytes; {count} "
+                              "pages dumped)")
+    if image.flattened is not None and present * PAGE_DESC_SIZE > image.backing:
+        if not incomplete:
+            raise image.error("page descriptors", table_at, f"{count} of them are more than "
+                              f"the file holds ({image.backing:#x} bytes)")
+        present = image.backing // PAGE_DESC_SIZE
+    return present
+
+
+def _clip_runs(pfns: np.ndarray, lengths: np.ndarray,
+               count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of the first ``count`` dumped pages only."""
+    starts = np.cumsum(lengths, dtype=np.uint64) - lengths
+    keep = starts < np.uint64(count)
+    pfns, lengths, starts = pfns[keep], lengths[keep].copy(), starts[keep]
+    if len(lengths):
+        lengths[-1] = min(int(lengths[-1]), count - int(starts[-1]))
+    return pfns, lengths
+
+
+def _open(file: FileBytes, name: str, cache_bytes: int) -> Dump:
+    image = _Image(file, name)
+    header = _read_header(image.stored, name)
+    sub = _read_sub_header(image.stored, name, header)
+    vmcoreinfo = _read_vmcoreinfo(image.stored, name, header, sub)
+    block_size = header.block_size
+    bitmaps = _read_bitmaps(image, header, sub)
+    pfns, run_lengths = bitmaps.pfns, bitmaps.lengths
+    count = int(run_lengths.sum(dtype=np.uint64))
+    ram_pages = bitmaps.excluded + count
+    incomplete = bool(header.status & DUMP_DH_COMPRESSED_INCOMPLETE)
+    present = _descriptors_present(image, count, bitmaps.table_at, incomplete)
+    dropped = count - present
+    if dropped:
+        # Pages past the last descriptor an incomplete dump holds are holes.
+        pfns, run_lengths = _clip_runs(pfns, run_lengths, present)
+        count = present
+    descriptors = _read_descriptors(image, header, count, bitmaps.table_at, incomplete)
+    not_written = count - int(np.count_nonzero(descriptors.valid))
     if not_written:
-        pfns, run_lengths, firsts = _split_runs(pfns, run_lengths, valid)
+        pfns, run_lengths, firsts = _split_runs(pfns, run_lengths, descriptors.valid)
     else:
         firsts = np.cumsum(run_lengths, dtype=np.uint64) - run_lengths
-    seen = np.bincount(codecs[valid], minlength=len(CODEC_NAMES))
+    seen = np.bincount(descriptors.codecs[descriptors.valid], minlength=len(CODEC_NAMES))
     require_codecs([codec for codec, number in enumerate(seen.tolist()) if number], name)
 
-    bs = np.uint64(block_size)
-    addresses = pfns * bs
-    source_offsets = firsts * bs
-    lengths = run_lengths * bs
-    run_pfns, run_firsts = pfns.copy(), firsts.copy()
-
     def describe(index: int) -> str:
-        owner = int(np.searchsorted(run_firsts, np.uint64(index), side="right")) - 1
-        pfn = int(run_pfns[owner]) + index - int(run_firsts[owner])
+        owner = int(np.searchsorted(firsts, np.uint64(index), side="right")) - 1
+        pfn = int(pfns[owner]) + index - int(firsts[owner])
         return f"page {pfn:#x} (physical address {pfn * block_size:#x})"
 
-    source = FixedBlockSource(stored, block_size, stored_offsets, stored_sizes, codecs,
-                              name=file.name, cache_bytes=cache_bytes, describe=describe)
+    source = FixedBlockSource(image.stored, block_size, descriptors.offsets,
+                              descriptors.sizes, descriptors.codecs, name=file.name,
+                              cache_bytes=cache_bytes, describe=describe)
     release = vmcoreinfo_value(vmcoreinfo, "OSRELEASE") or header.release
-    info = _info(header, sub, flattened, seen, count - not_written, excluded, ram_pages,
-                 max_mapnr, release, not_written, incomplete)
-    return Dump(source=source, addresses=addresses, offsets=source_offsets, lengths=lengths,
-                wordsize=header.wordsize, endian=header.endian, vmcoreinfo=vmcoreinfo,
-                kind="kdump", info=info, machine=machine_number(header.machine))
-
-
-def _read_bitmap(stored: FileBytes | FlattenedBytes, name: str, what: str, at: int,
-                 size: int, where: Callable[[int], str]) -> np.ndarray:
-    data = stored.pread(at, size)
-    if len(data) < size:
-        raise FormatError(f"{name}: {what} at {where(at)}: "
-                          f"{size:#x} bytes cannot be read (only {len(data):#x})")
-    return np.frombuffer(data, dtype=np.uint8)
+    info = _info(header, sub, image.flattened, seen, count - not_written, bitmaps.excluded,
+                 ram_pages, bitmaps.max_mapnr, release, not_written + dropped, incomplete)
+    size = np.uint64(block_size)
+    return Dump(source=source, addresses=pfns * size, offsets=firsts * size,
+                lengths=run_lengths * size, wordsize=header.wordsize, endian=header.endian,
+                vmcoreinfo=vmcoreinfo, kind="kdump", info=info,
+                machine=machine_number(header.machine))
 
 
 def _descriptor_problem(offset: int, size: int, flags: int, block_size: int,

@@ -5,6 +5,7 @@ A map file lists mappings in order, later ones winning where they overlap::
     wordsize = 64                      # optional: 32 | 64 | "unset"
     endian = "little"                  # optional: little | big | le | be | "unset"
     base = "0xffffffff80000000"        # optional: where a mount's ``mem`` starts
+    symbols = "System.map"             # optional: a symbol table (FILE or FILE@BIAS)
 
     [[map]]
     file = "ram.bin"                   # raw bytes of a file (path relative to this file)
@@ -32,6 +33,9 @@ message names the map file, the table (``map[2]``, counting from 0) and the key.
 The top-level ``wordsize`` and ``endian`` are applied after every ``[[map]]`` table, so
 they take precedence over what an ELF header says.  ``base`` is a mount preference,
 not part of the map: it is returned as the attribute ``preferred_base`` of the map.
+``symbols`` names a symbol table as the ``symbols=`` option does (a ``System.map`` or
+``kallsyms`` text or an ELF file, ``@BIAS`` to add a load bias; docs/formats.md), its path
+relative to the map file's folder; it becomes the map's ``symbols``.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ from collections.abc import Callable
 from typing import Any
 
 from vmemfs import values
-from vmemfs.errors import FormatError, one_line
+from vmemfs.errors import FormatError, one_line, os_error_message
 from vmemfs.formats.elf import add_elf
+from vmemfs.formats.symbols import SymbolTable, load_symbols, parse_symbols_option
 from vmemfs.memmap import MemoryMap
 
 MAX_MAPFILE_SIZE = 16 << 20
@@ -60,7 +65,7 @@ _KEYS = {
     "hex": ("address",),
     "text": ("address",),
 }
-_TOP_KEYS = ("wordsize", "endian", "base", "map")
+_TOP_KEYS = ("wordsize", "endian", "base", "symbols", "map")
 
 
 def parse_int(value: object) -> int:
@@ -202,6 +207,9 @@ def build_map(
     wordsize = _top_value(document, "wordsize", name, values.parse_wordsize)
     endian = _top_value(document, "endian", name, values.parse_endian)
     base = _top_value(document, "base", name, parse_address)
+    symbols = None
+    if "symbols" in document:
+        symbols = _symbols(document["symbols"], name, folder, identity)
 
     tables = document.get("map")
     if not isinstance(tables, list) or not tables:
@@ -220,6 +228,31 @@ def build_map(
     if "endian" in document:
         memmap.endian = endian
     memmap.preferred_base = base
+    if symbols is not None:
+        memmap.symbols = symbols
+
+
+def _symbols(value: object, name: str, folder: str,
+             identity: tuple[int, int] | None) -> SymbolTable:
+    """The symbol table a top-level ``symbols`` names (``FILE`` or ``FILE@BIAS``).
+
+    :raises FormatError: ``NAME: symbols: ...`` for a value that is not such a string,
+        a missing or unreadable file, or a malformed symbol table.
+    """
+    where = f"{name}: symbols"
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: not a string: {values.show(value)}")
+    try:
+        path, bias = parse_symbols_option(value)
+    except ValueError as error:
+        raise FormatError(f"{name}: {one_line(error)}") from None
+    path = _data_path(path, where, folder, identity)
+    try:
+        return load_symbols(path, bias=bias)
+    except OSError as error:
+        raise FormatError(f"{where}: {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise FormatError(f"{where}: {one_line(error)}") from None
 
 
 def _top_value(
@@ -278,7 +311,7 @@ def _add_table(
         try:
             memmap.add_file(path, address, offset=offset, length=length)
         except OSError as error:
-            raise FormatError(f"{where}.file: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.file: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.file: {one_line(error)}") from None
     elif kind == "elf":
@@ -287,7 +320,7 @@ def _add_table(
         try:
             add_elf(memmap, path, physical=physical)
         except OSError as error:
-            raise FormatError(f"{where}.elf: {path}: {error.strerror or error}") from None
+            raise FormatError(f"{where}.elf: {os_error_message(error, path)}") from None
         except ValueError as error:
             raise FormatError(f"{where}.elf: {one_line(error)}") from None
     else:
@@ -335,7 +368,7 @@ def _data_path(
     try:
         info = os.stat(path)
     except OSError as error:
-        raise FormatError(f"{where}: {path}: {error.strerror or error}") from None
+        raise FormatError(f"{where}: {os_error_message(error, path)}") from None
     if stat.S_ISDIR(info.st_mode):
         raise FormatError(f"{where}: {path}: is a directory")
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):

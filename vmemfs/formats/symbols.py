@@ -365,7 +365,7 @@ def parse_symbols_option(text: str) -> tuple[str, int]:
     is given with an explicit bias: ``lib@2.so@0``.
 
     >>> parse_symbols_option("System.map"), parse_symbols_option("app@0x5555555554000")
-    (('System.map', 0), ('app', 1501199875604480))
+    (('System.map', 0), ('app', 1501199875784704))
 
     :raises ValueError: for an empty file name or an ADDRESS that is not a number below
         ``2**64`` (one line, naming ``symbols``).
@@ -381,6 +381,27 @@ def parse_symbols_option(text: str) -> tuple[str, int]:
         return path, values.parse_address(address)
     except values.BadValue as error:
         raise ValueError(f"symbols: {error}") from None
+
+
+def kernel_relocation(table: Mapping[str, int], vmcoreinfo: bytes) -> int:
+    """How far a kernel's symbols must move to name the dumped kernel's addresses (KASLR).
+
+    When VMCOREINFO has ``SYMBOL(_stext)`` (already relocated, as the kernel prints it)
+    and ``table`` has ``_stext``, the difference of the two: 0 for a ``kallsyms`` of the
+    dumped kernel itself, the KASLR offset for its ``System.map`` or ``vmlinux``.
+    Otherwise ``KERNELOFFSET`` (0 when absent), which applies to link-time addresses.
+
+    >>> info = b"SYMBOL(_stext)=ffffffffb5000000\\nKERNELOFFSET=34000000\\n"
+    >>> hex(kernel_relocation({"_stext": 0xffffffff81000000}, info))
+    '0x34000000'
+    >>> kernel_relocation({"_stext": 0xffffffffb5000000}, info)
+    0
+    """
+    match = re.search(rb"^SYMBOL\(_stext\)=([0-9a-fA-F]+)\s*$", vmcoreinfo, re.MULTILINE)
+    if match is not None and "_stext" in table:
+        difference = (int(match[1], 16) - table["_stext"]) % (1 << 64)
+        return difference - (1 << 64) if difference >= 1 << 63 else difference
+    return kernel_offset(vmcoreinfo)
 
 
 def kernel_offset(vmcoreinfo: bytes) -> int:

@@ -159,11 +159,15 @@ class _Lzo:
         self.decompress_safe.restype = ctypes.c_int
         self.decompress_safe.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
                                          ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p]
+        self._buffer_types: dict[int, Any] = {}
 
     def decode(self, stored: bytes, length: int) -> bytearray:
         out = bytearray(length)
         produced = ctypes.c_size_t(length)
-        target = (ctypes.c_char * length).from_buffer(out) if length else None
+        buffer_type = self._buffer_types.get(length)
+        if buffer_type is None:
+            buffer_type = self._buffer_types.setdefault(length, ctypes.c_char * length)
+        target = buffer_type.from_buffer(out) if length else None
         code = self.decompress_safe(stored, len(stored), target, ctypes.byref(produced), None)
         if code != 0:
             raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
@@ -319,6 +323,8 @@ class BlockSource(Source):
         self._lock = threading.Lock()
         self._warned: set[int] = set()
         self._describe = describe
+        self._shared: tuple[int, int, int, bytes | bytearray] | None = None
+        """The last block read on its own: ``(stored offset, size, codec, bytes)``."""
         self.failures = 0
         """How many block reads have failed so far (each logged once per block)."""
 
@@ -416,6 +422,13 @@ class BlockSource(Source):
             stop = run + 1
             while stop < count and offsets[stop] == offsets[stop - 1] + sizes[stop - 1]:
                 stop += 1
+            shared = self._shared
+            if stop == run + 1 and shared is not None \
+                    and shared[:3] == (offsets[run], sizes[run], codecs[run]):
+                # The stored block that many blocks point at (kdump's one zero page).
+                decoded[first + run] = shared[3]
+                run = stop
+                continue
             span = offsets[stop - 1] + sizes[stop - 1] - offsets[run]
             data = self._stored.pread(offsets[run], span)
             whole = memoryview(data)
@@ -435,6 +448,8 @@ class BlockSource(Source):
                     self._remember(decoded)
                     return decoded
                 decoded[index] = block
+            if stop == run + 1:
+                self._shared = (offsets[run], sizes[run], codecs[run], block)
             run = stop
         self._remember(decoded)
         return decoded

@@ -22,6 +22,7 @@ from vmemfs.tree.files import (
     extent_name,
     maps_text,
 )
+from vmemfs.tree.find import find_directory
 from vmemfs.tree.nodes import (
     Attributes,
     Handle,
@@ -89,6 +90,7 @@ def build(state: MountState) -> Tree:
                     table.add_fixed(files.CTL_VMCOREINFO, TextFile(lambda: vmcoreinfo)))
     at = AtDirectory(state, table)
     root.add(b"at", table.add_fixed(files.AT, at))
+    root.add(b"find", table.add_fixed(files.FIND, find_directory(state, table)))
     if memory_map.symbols is not None:
         root.add(b"sym", table.add_fixed(files.SYM, SymDirectory(memory_map.symbols, table)))
     root.nlink = 2 + sum(1 for _, child in root.children if isinstance(

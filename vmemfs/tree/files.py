@@ -301,9 +301,12 @@ class TextFile(Node):
 
 
 def maps_text(state: MountState) -> bytes:
-    """The text of ``.ctl/maps``: one line per mapping, in insertion order."""
-    return b"".join(str(mapping).encode("utf-8", "surrogateescape") + b"\n"
-                    for mapping in state.map.mappings)
+    """The text of ``.ctl/maps``: how the layout was built (``#`` lines, when the map
+    says), then one line per mapping, in insertion order."""
+    notes = b"".join(b"# " + note.encode("utf-8", "surrogateescape") + b"\n"
+                     for note in state.map.notes)
+    return notes + b"".join(str(mapping).encode("utf-8", "surrogateescape") + b"\n"
+                            for mapping in state.map.mappings)
 
 
 def cache_text(state: MountState) -> bytes:

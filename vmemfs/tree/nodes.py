@@ -330,6 +330,11 @@ class HandleTable:
         self._handles: dict[int, Handle] = {}
         self._next = 1
 
+    @property
+    def by_number(self) -> dict[int, Handle]:
+        """The open handles by number (the adapter's read path looks up here directly)."""
+        return self._handles
+
     def add(self, handle: Handle) -> int:
         number = self._next
         self._next += 1

@@ -231,13 +231,20 @@ class MountState:
         ``holes=zero`` holes read as zero bytes.  Runtime complexity: as
         :meth:`read_mem`.
 
+        The kernel asks for pages up to the one holding its idea of the end of the file
+        and no further.  A request past the page holding the end of ``mem`` therefore
+        comes from a kernel that still thinks ``mem`` larger (``base`` moved while the
+        read was on its way): it fails, rather than be answered short, which the kernel
+        would take for the end of the file and fill with zeros.
+
         :raises HoleError: at the first byte of the range that is a hole (under
-            ``holes=eio``) or that a source cannot serve (under either policy).
+            ``holes=eio``) or that a source cannot serve (under either policy), or for a
+            request past the page holding the end of ``mem``.
         """
         remaining = self.mem_size - offset
-        if remaining <= 0:
-            return b""
         if size > remaining:
+            if offset + size > -(-self.mem_size // PAGE_SIZE) * PAGE_SIZE:
+                raise HoleError(self.base + min(offset, self.mem_size))
             size = remaining
         try:
             buffer = self.read_mem(offset, size)
