@@ -11,8 +11,12 @@ One file of random bytes (1 GiB at ``--size full``) is read through:
 * ``xmount`` — ``xmount --in raw FILE DIR``, ``DIR/<name>.dd``;
 * ``bindfs`` — ``bindfs FOLDER DIR``, ``DIR/<name>``;
 * ``pyfuse3 floor`` — ``python -m bench.minimal_fs FILE DIR``: a pyfuse3 server whose read
-  handler only returns a ``memoryview`` of the file's ``mmap`` (``direct_io``), the floor
-  of any pyfuse3 design that sends every read to the daemon.
+  handler only returns a ``memoryview`` of the file's ``mmap`` (``direct_io``, pyfuse3's
+  default worker tasks), the floor of any pyfuse3 design that sends every read to the
+  daemon; ``pyfuse3 floor 1 task`` the same with one worker task (the fastest pyfuse3
+  can serve, and how ``mount.vmemfs`` ran before ``find/`` needed more tasks);
+  ``pyfuse3 floor page`` the same through the page cache (``keep_cache``), the floor for
+  page-cache reads that miss.
 
 Measurements: ``dd`` sequential reads with 1 MiB and 128 KiB blocks, warm and cold;
 ``fio`` random 4 KiB reads (``psync``) with one and two jobs, warm and cold.  A warm
@@ -59,11 +63,13 @@ from bench.mounts import Mount
 
 FILE_SIZE = {"small": 256 << 20, "medium": 512 << 20, "full": 1 << 30}
 ROUNDS = {"small": 2, "medium": 3, "full": 7}
-COLD_ROUNDS = {"small": 1, "medium": 2, "full": 3}
+COLD_ROUNDS = {"small": 1, "medium": 2, "full": 5}
 FIO_ROUNDS = {"small": 2, "medium": 3, "full": 5}
 FIO_SECONDS = {"small": 1, "medium": 2, "full": 2}
 SYSTEMS = ("direct", "mem page", "mem direct", "extents", "xmount", "bindfs",
-           "pyfuse3 floor")
+           "pyfuse3 floor", "pyfuse3 floor 1 task", "pyfuse3 floor page")
+FLOORS = {"pyfuse3 floor": (), "pyfuse3 floor 1 task": ("--tasks", "1"),
+          "pyfuse3 floor page": ("--page-cache",)}
 DD_SPEED = re.compile(rb"(\d+) bytes .* copied, ([0-9.e+-]+) s")
 
 
@@ -94,11 +100,12 @@ class Systems:
         stack.enter_context(Mount(["bindfs", "-f", str(backing.parent), str(bindfs_dir)],
                                   bindfs_dir, work / "bindfs.log"))
         self.paths["bindfs"] = bindfs_dir / backing.name
-        floor_dir = work / "mnt-floor"
-        stack.enter_context(Mount([str(VENV_BIN / "python"), "-m", "bench.minimal_fs",
-                                   str(backing), str(floor_dir)], floor_dir,
-                                  work / "floor.log"))
-        self.paths["pyfuse3 floor"] = floor_dir / "data"
+        for system, options in FLOORS.items():
+            floor_dir = work / f"mnt-{system.replace(' ', '-')}"
+            stack.enter_context(Mount([str(VENV_BIN / "python"), "-m", "bench.minimal_fs",
+                                       str(backing), str(floor_dir), *options], floor_dir,
+                                      work / f"{floor_dir.name}.log"))
+            self.paths[system] = floor_dir / "data"
 
     def path(self, system: str) -> Path:
         """The file to read for ``system``."""
@@ -272,13 +279,15 @@ def main() -> None:
     section.add_target(Target("mem direct random 4 KiB / pyfuse3 floor",
                               one_job["mem direct"] / one_job["pyfuse3 floor"], 0.9, "×",
                               note=f"cache=never, 1 job; mem {one_job['mem direct']:,.0f}/s, "
-                                   f"floor {one_job['pyfuse3 floor']:,.0f}/s"))
+                                   f"floor {one_job['pyfuse3 floor']:,.0f}/s, floor with "
+                                   f"1 task {one_job['pyfuse3 floor 1 task']:,.0f}/s"))
     if "fio 4 KiB 1 job cold" in results:
         cold = results["fio 4 KiB 1 job cold"]
-        section.add_target(Target("mem random 4 KiB cold / pyfuse3 floor",
-                                  cold["mem page"] / cold["pyfuse3 floor"], 0.9, "×",
-                                  note=f"1 job; mem {cold['mem page']:,.0f}/s, "
-                                       f"floor {cold['pyfuse3 floor']:,.0f}/s"))
+        for floor in ("pyfuse3 floor", "pyfuse3 floor page"):
+            section.add_target(Target(f"mem random 4 KiB cold / {floor}",
+                                      cold["mem page"] / cold[floor], 0.9, "×",
+                                      note=f"1 job; mem {cold['mem page']:,.0f}/s, "
+                                           f"{floor} {cold[floor]:,.0f}/s"))
 
     figure = "perf/mount_throughput.png"
     if args.out is not None:
@@ -320,7 +329,8 @@ def main() -> None:
         "Commands: `mount.vmemfs FILE DIR -f` (`DIR/mem`: page-cache mode, `.ctl/cache` "
         "says `page`; and `DIR/extents/…`), `mount.vmemfs FILE DIR -f -o cache=never` "
         "(`DIR/mem`: direct mode), `xmount --in raw FILE DIR` (`DIR/memory.dd`), "
-        "`bindfs -f FOLDER DIR`, `python -m bench.minimal_fs FILE DIR` (`DIR/data`).",
+        "`bindfs -f FOLDER DIR`, `python -m bench.minimal_fs FILE DIR [--tasks 1] "
+        "[--page-cache]` (`DIR/data`).",
         "",
     ]
     section.data = {"file_bytes": size, "samples": samples}
