@@ -68,6 +68,15 @@ FIO_ROUNDS = {"small": 2, "medium": 3, "full": 5}
 FIO_SECONDS = {"small": 1, "medium": 2, "full": 2}
 SYSTEMS = ("direct", "mem page", "mem direct", "extents", "xmount", "bindfs",
            "pyfuse3 floor", "pyfuse3 floor 1 task", "pyfuse3 floor page")
+PAIRED_ROUNDS = {"small": 3, "medium": 7, "full": 15}
+PAIRED: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("fio 4 KiB 1 job, direct_io", False, ("mem direct", "pyfuse3 floor",
+                                           "pyfuse3 floor 1 task")),
+    ("fio 4 KiB 1 job, cold", True, ("mem page", "pyfuse3 floor page", "pyfuse3 floor")),
+)
+"""The comparisons with the floors: rates bound by the daemon move with the load of the
+machine, so these run more, shorter rounds of a few systems, and the ratio is taken in
+each round (the systems a few seconds apart) before the median."""
 FLOORS = {"pyfuse3 floor": (), "pyfuse3 floor 1 task": ("--tasks", "1"),
           "pyfuse3 floor page": ("--page-cache",)}
 DD_SPEED = re.compile(rb"(\d+) bytes .* copied, ([0-9.e+-]+) s")
@@ -136,10 +145,11 @@ def warm_up(path: Path) -> None:
     run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], text=False)
 
 
-def measure(systems: Systems, rounds: int,
-            reading: Callable[[Path], float], *, cold: bool = False) -> dict[str, list[float]]:
-    """Alternate ``reading`` over all systems for ``rounds`` rounds, each measurement just
-    after a warm-up read of that system's file, or just after dropping the caches."""
+def measure(systems: Systems, rounds: int, reading: Callable[[Path], float], *,
+            cold: bool = False, which: tuple[str, ...] = SYSTEMS) -> dict[str, list[float]]:
+    """Alternate ``reading`` over the systems ``which`` for ``rounds`` rounds, each
+    measurement just after a warm-up read of that system's file, or just after dropping
+    the caches."""
     def runner(system: str) -> Callable[[], float]:
         def once() -> float:
             path = systems.path(system)
@@ -151,7 +161,7 @@ def measure(systems: Systems, rounds: int,
             return reading(path)
         return once
 
-    return alternate({system: runner(system) for system in SYSTEMS}, rounds)
+    return alternate({system: runner(system) for system in which}, rounds)
 
 
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
@@ -257,6 +267,16 @@ def main() -> None:
             for system, value in results[label].items():
                 shown = fmt_bytes_rate(value) if label.startswith("dd") else fmt_rate(value)
                 print(f"  {system:15} {shown}", flush=True)
+        paired: dict[str, dict[str, list[float]]] = {}
+        for label, cold, which in PAIRED:
+            if cold and os.geteuid() != 0:
+                continue
+            print(f"{label}: {PAIRED_ROUNDS[size_name]} rounds of {which}", flush=True)
+            paired[label] = measure(systems, PAIRED_ROUNDS[size_name],
+                                    lambda p: fio_iops(p, 1, fio_seconds, size),
+                                    cold=cold, which=which)
+            for system, values in paired[label].items():
+                print(f"  {system:20} {fmt_rate(median(values))}", flush=True)
 
     warm = results["dd 1 MiB warm"]
     section.add_target(Target("mem dd 1 MiB warm / direct",
@@ -276,18 +296,31 @@ def main() -> None:
     section.add_target(Target("mem random 4 KiB warm / direct",
                               one_job["mem page"] / one_job["direct"], 0.5, "×",
                               note="1 job"))
-    section.add_target(Target("mem direct random 4 KiB / pyfuse3 floor",
-                              one_job["mem direct"] / one_job["pyfuse3 floor"], 0.9, "×",
-                              note=f"cache=never, 1 job; mem {one_job['mem direct']:,.0f}/s, "
-                                   f"floor {one_job['pyfuse3 floor']:,.0f}/s, floor with "
-                                   f"1 task {one_job['pyfuse3 floor 1 task']:,.0f}/s"))
-    if "fio 4 KiB 1 job cold" in results:
-        cold = results["fio 4 KiB 1 job cold"]
-        for floor in ("pyfuse3 floor", "pyfuse3 floor page"):
-            section.add_target(Target(f"mem random 4 KiB cold / {floor}",
-                                      cold["mem page"] / cold[floor], 0.9, "×",
-                                      note=f"1 job; mem {cold['mem page']:,.0f}/s, "
-                                           f"{floor} {cold[floor]:,.0f}/s"))
+    def ratio(label: str, mine: str, floor: str) -> tuple[float, list[float]]:
+        """The median of the per-round ratios, and the ratios."""
+        rounds = [a / b for a, b in zip(paired[label][mine], paired[label][floor],
+                                        strict=True)]
+        return median(rounds), rounds
+
+    comparisons = [("fio 4 KiB 1 job, direct_io", "mem direct", floor)
+                   for floor in ("pyfuse3 floor", "pyfuse3 floor 1 task")]
+    comparisons += [("fio 4 KiB 1 job, cold", "mem page", floor)
+                    for floor in ("pyfuse3 floor", "pyfuse3 floor page")]
+    ratio_rows = []
+    for label, mine, floor in comparisons:
+        if label not in paired:
+            continue
+        value, per_round = ratio(label, mine, floor)
+        ratio_rows.append((label, f"{mine} / {floor}", fmt_ratio(value),
+                           ", ".join(f"{r:.2f}" for r in per_round)))
+        if floor != "pyfuse3 floor 1 task":
+            name = ("mem direct random 4 KiB" if mine == "mem direct"
+                    else "mem random 4 KiB cold") + f" / {floor}"
+            section.add_target(Target(
+                name, value, 0.9, "×",
+                note=f"median of {len(per_round)} per-round ratios; mem "
+                     f"{median(paired[label][mine]):,.0f}/s, floor "
+                     f"{median(paired[label][floor]):,.0f}/s"))
 
     figure = "perf/mount_throughput.png"
     if args.out is not None:
@@ -326,6 +359,14 @@ def main() -> None:
         table(byte_labels, fmt_bytes_rate), "",
         "#### Random 4 KiB reads per second (`fio`)", "",
         table(read_labels, fmt_rate), "",
+        "#### Against the floors", "",
+        "Reads the daemon must answer run at the speed of its request loop, which moves "
+        "with the load of the machine from one second to the next. So these ratios come "
+        f"from {PAIRED_ROUNDS[size_name]} more rounds of `fio` (1 job, {fio_seconds} s) "
+        "over just the systems compared, alternating: each round's ratio, then their "
+        "median. `direct_io` reads are warm; cold ones follow a drop of the page cache.",
+        "",
+        markdown_table(("reads", "ratio", "median", "per round"), ratio_rows), "",
         "Commands: `mount.vmemfs FILE DIR -f` (`DIR/mem`: page-cache mode, `.ctl/cache` "
         "says `page`; and `DIR/extents/…`), `mount.vmemfs FILE DIR -f -o cache=never` "
         "(`DIR/mem`: direct mode), `xmount --in raw FILE DIR` (`DIR/memory.dd`), "
@@ -333,7 +374,7 @@ def main() -> None:
         "[--page-cache]` (`DIR/data`).",
         "",
     ]
-    section.data = {"file_bytes": size, "samples": samples}
+    section.data = {"file_bytes": size, "samples": samples, "paired": paired}
     section.markdown = when + "\n\n" + "\n".join(parts)
     section.seconds = time.perf_counter() - began
     finish_part(section, args.out)
