@@ -3,19 +3,30 @@
 One file of random bytes (1 GiB at ``--size full``) is read through:
 
 * ``direct`` — the file itself;
-* ``mem`` — ``mount.vmemfs FILE DIR`` (the file at address 0), ``DIR/mem`` under
-  ``holes=eio`` and, switched at run time through ``.ctl/holes``, ``holes=zero``;
-* ``extents`` — ``DIR/extents/0000000000000000-…`` (page cache allowed);
+* ``mem page`` — ``mount.vmemfs FILE DIR`` (the file at address 0: a page-aligned layout,
+  so ``mem`` is served through the page cache), ``DIR/mem``;
+* ``mem direct`` — ``mount.vmemfs FILE DIR -o cache=never``, ``DIR/mem`` (every read goes
+  to the daemon, ``direct_io``);
+* ``extents`` — ``DIR/extents/0000000000000000-…`` of the first mount;
 * ``xmount`` — ``xmount --in raw FILE DIR``, ``DIR/<name>.dd``;
-* ``bindfs`` — ``bindfs FOLDER DIR``, ``DIR/<name>``.
+* ``bindfs`` — ``bindfs FOLDER DIR``, ``DIR/<name>``;
+* ``pyfuse3 floor`` — ``python -m bench.minimal_fs FILE DIR``: a pyfuse3 server whose read
+  handler only returns a ``memoryview`` of the file's ``mmap`` (``direct_io``, pyfuse3's
+  default worker tasks), the floor of any pyfuse3 design that sends every read to the
+  daemon; ``pyfuse3 floor 1 task`` the same with one worker task (the fastest pyfuse3
+  can serve, and how ``mount.vmemfs`` ran before ``find/`` needed more tasks);
+  ``pyfuse3 floor page`` the same through the page cache (``keep_cache``), the floor for
+  page-cache reads that miss.
 
-Measurements: ``dd`` sequential reads with 1 MiB and 128 KiB blocks, warm (the file in
-the page cache) and cold (caches dropped before each read); ``fio`` random 4 KiB reads
-(``psync``) with one and two jobs, warm and cold.  Every round runs every system once,
-rotating the order; the tables give medians and ratios to ``direct``.
+Measurements: ``dd`` sequential reads with 1 MiB and 128 KiB blocks, warm and cold;
+``fio`` random 4 KiB reads (``psync``) with one and two jobs, warm and cold.  A warm
+measurement starts from a warm cache: the whole file is read once (untimed) just before
+it.  A cold one drops the caches (``/proc/sys/vm/drop_caches``) just before it.  Every
+round runs every system once, rotating the order; the tables give medians and ratios to
+``direct``.
 
-Run as root: the cold rounds drop the page cache through ``/proc/sys/vm/drop_caches``
-(they are left out otherwise), and ``xmount`` asks for ``allow_other``.
+Run as root: the cold rounds drop the page cache (they are left out otherwise), and
+``xmount`` asks for ``allow_other``.
 """
 
 from __future__ import annotations
@@ -52,10 +63,22 @@ from bench.mounts import Mount
 
 FILE_SIZE = {"small": 256 << 20, "medium": 512 << 20, "full": 1 << 30}
 ROUNDS = {"small": 2, "medium": 3, "full": 7}
-COLD_ROUNDS = {"small": 1, "medium": 2, "full": 3}
-FIO_ROUNDS = {"small": 2, "medium": 3, "full": 3}
+COLD_ROUNDS = {"small": 1, "medium": 2, "full": 5}
+FIO_ROUNDS = {"small": 2, "medium": 3, "full": 5}
 FIO_SECONDS = {"small": 1, "medium": 2, "full": 2}
-SYSTEMS = ("direct", "mem", "mem holes=zero", "extents", "xmount", "bindfs")
+SYSTEMS = ("direct", "mem page", "mem direct", "extents", "xmount", "bindfs",
+           "pyfuse3 floor", "pyfuse3 floor 1 task", "pyfuse3 floor page")
+PAIRED_ROUNDS = {"small": 3, "medium": 7, "full": 15}
+PAIRED: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("fio 4 KiB 1 job, direct_io", False, ("mem direct", "pyfuse3 floor",
+                                           "pyfuse3 floor 1 task")),
+    ("fio 4 KiB 1 job, cold", True, ("mem page", "pyfuse3 floor page", "pyfuse3 floor")),
+)
+"""The comparisons with the floors: rates bound by the daemon move with the load of the
+machine, so these run more, shorter rounds of a few systems, and the ratio is taken in
+each round (the systems a few seconds apart) before the median."""
+FLOORS = {"pyfuse3 floor": (), "pyfuse3 floor 1 task": ("--tasks", "1"),
+          "pyfuse3 floor page": ("--page-cache",)}
 DD_SPEED = re.compile(rb"(\d+) bytes .* copied, ([0-9.e+-]+) s")
 
 
@@ -64,17 +87,20 @@ class Systems:
 
     def __init__(self, work: Path, backing: Path, stack: ExitStack) -> None:
         self.paths: dict[str, Path] = {"direct": backing}
-        vmemfs_dir = work / "mnt-vmemfs"
-        stack.enter_context(Mount(
-            [str(VENV_BIN / "mount.vmemfs"), str(backing), str(vmemfs_dir), "-f"],
-            vmemfs_dir, work / "vmemfs.log"))
-        self.holes = vmemfs_dir / ".ctl" / "holes"
-        self.paths["mem"] = vmemfs_dir / "mem"
-        self.paths["mem holes=zero"] = vmemfs_dir / "mem"
-        extents = sorted((vmemfs_dir / "extents").iterdir())
-        if len(extents) != 1:
-            raise RuntimeError(f"expected one extent, found {[e.name for e in extents]}")
-        self.paths["extents"] = extents[0]
+        for system, options in (("mem page", ()), ("mem direct", ("-o", "cache=never"))):
+            folder = work / f"mnt-{system.replace(' ', '-')}"
+            stack.enter_context(Mount(
+                [str(VENV_BIN / "mount.vmemfs"), str(backing), str(folder), "-f", *options],
+                folder, work / f"{folder.name}.log"))
+            mode = (folder / ".ctl" / "cache").read_text().strip()
+            if mode != system.split()[1]:
+                raise RuntimeError(f"{system}: .ctl/cache says {mode}")
+            self.paths[system] = folder / "mem"
+            if system == "mem page":
+                extents = sorted((folder / "extents").iterdir())
+                if len(extents) != 1:
+                    raise RuntimeError(f"expected one extent, found {[e.name for e in extents]}")
+                self.paths["extents"] = extents[0]
         xmount_dir = work / "mnt-xmount"
         stack.enter_context(Mount(["xmount", "--in", "raw", str(backing), str(xmount_dir)],
                                   xmount_dir, work / "xmount.log", forks=True))
@@ -83,15 +109,15 @@ class Systems:
         stack.enter_context(Mount(["bindfs", "-f", str(backing.parent), str(bindfs_dir)],
                                   bindfs_dir, work / "bindfs.log"))
         self.paths["bindfs"] = bindfs_dir / backing.name
-        self._policy = ""
+        for system, options in FLOORS.items():
+            floor_dir = work / f"mnt-{system.replace(' ', '-')}"
+            stack.enter_context(Mount([str(VENV_BIN / "python"), "-m", "bench.minimal_fs",
+                                       str(backing), str(floor_dir), *options], floor_dir,
+                                      work / f"{floor_dir.name}.log"))
+            self.paths[system] = floor_dir / "data"
 
     def path(self, system: str) -> Path:
-        """The file to read for ``system``, with vmemfs's hole policy set to match."""
-        if system.startswith("mem"):
-            policy = "zero" if system.endswith("zero") else "eio"
-            if policy != self._policy:
-                self.holes.write_text(policy + "\n")
-                self._policy = policy
+        """The file to read for ``system``."""
         return self.paths[system]
 
 
@@ -114,18 +140,28 @@ def fio_iops(path: Path, jobs: int, seconds: float, size: int) -> float:
     return float(report["jobs"][0]["read"]["iops"])
 
 
-def measure(systems: Systems, rounds: int,
-            reading: Callable[[Path], float], *, cold: bool = False) -> dict[str, list[float]]:
-    """Alternate ``reading`` over all systems for ``rounds`` rounds (caches dropped if cold)."""
+def warm_up(path: Path) -> None:
+    """Read the whole file once, untimed, so that a warm measurement starts warm."""
+    run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], text=False)
+
+
+def measure(systems: Systems, rounds: int, reading: Callable[[Path], float], *,
+            cold: bool = False, which: tuple[str, ...] = SYSTEMS) -> dict[str, list[float]]:
+    """Alternate ``reading`` over the systems ``which`` for ``rounds`` rounds, each
+    measurement just after a warm-up read of that system's file, or just after dropping
+    the caches."""
     def runner(system: str) -> Callable[[], float]:
         def once() -> float:
             path = systems.path(system)
-            if cold and not drop_caches():
-                raise RuntimeError("cannot drop the page cache (needs root)")
+            if cold:
+                if not drop_caches():
+                    raise RuntimeError("cannot drop the page cache (needs root)")
+            else:
+                warm_up(path)
             return reading(path)
         return once
 
-    return alternate({system: runner(system) for system in SYSTEMS}, rounds)
+    return alternate({system: runner(system) for system in which}, rounds)
 
 
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
@@ -163,11 +199,19 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(figure)
 
 
+def started_line() -> str:
+    """When this part started, and the load on the machine then (other work)."""
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"Started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+            f"{load}.")
+
+
 def main() -> None:
     args = part_arguments(__doc__.splitlines()[0])
     size_name = args.size
     began = time.perf_counter()
     section = Section("mount_bench", "Mount", command_line("mount_bench", size_name))
+    when = started_line()
     for tool in ("xmount", "bindfs", "fio", "fusermount3"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: run bash bench/setup")
@@ -192,12 +236,15 @@ def main() -> None:
         for system in SYSTEMS:
             if systems.path(system).stat().st_size != size:
                 raise RuntimeError(f"{system}: {systems.path(system)} is not {size} bytes")
-        with backing.open("rb") as expected, systems.path("mem").open("rb") as shown:
-            for offset in (0, size // 2 + 123, size - 4096):
-                expected.seek(offset)
-                shown.seek(offset)
-                if shown.read(4096) != expected.read(4096):
-                    raise RuntimeError(f"mem differs from the backing file at {offset:#x}")
+        with backing.open("rb") as expected:
+            for system in SYSTEMS[1:]:
+                with systems.path(system).open("rb") as shown:
+                    for offset in (0, size // 2 + 123, size - 4096):
+                        expected.seek(offset)
+                        shown.seek(offset)
+                        if shown.read(4096) != expected.read(4096):
+                            raise RuntimeError(f"{system} differs from the backing file at "
+                                               f"{offset:#x}")
 
         plan: list[tuple[str, int, Callable[[Path], float], bool]] = [
             ("dd 1 MiB warm", rounds, lambda p: dd_rate(p, 1 << 20), False),
@@ -213,8 +260,6 @@ def main() -> None:
         if os.geteuid() != 0:
             print("not root: the cold rounds are left out", flush=True)
             plan = [step for step in plan if not step[3]]
-        for system in SYSTEMS:  # warm every cache once
-            dd_rate(systems.path(system), 1 << 20)
         for label, count, reading, cold in plan:
             print(f"{label}: {count} rounds", flush=True)
             samples[label] = measure(systems, count, reading, cold=cold)
@@ -222,20 +267,60 @@ def main() -> None:
             for system, value in results[label].items():
                 shown = fmt_bytes_rate(value) if label.startswith("dd") else fmt_rate(value)
                 print(f"  {system:15} {shown}", flush=True)
+        paired: dict[str, dict[str, list[float]]] = {}
+        for label, cold, which in PAIRED:
+            if cold and os.geteuid() != 0:
+                continue
+            print(f"{label}: {PAIRED_ROUNDS[size_name]} rounds of {which}", flush=True)
+            paired[label] = measure(systems, PAIRED_ROUNDS[size_name],
+                                    lambda p: fio_iops(p, 1, fio_seconds, size),
+                                    cold=cold, which=which)
+            for system, values in paired[label].items():
+                print(f"  {system:20} {fmt_rate(median(values))}", flush=True)
 
     warm = results["dd 1 MiB warm"]
-    section.add_target(Target("mem dd 1 MiB / direct", warm["mem"] / warm["direct"], 0.4, "×",
+    section.add_target(Target("mem dd 1 MiB warm / direct",
+                              warm["mem page"] / warm["direct"], 0.6, "×",
                               note=f"{size >> 20} MiB page-cached"))
     for peer in ("xmount", "bindfs"):
-        section.add_target(Target(f"mem dd 1 MiB / {peer}", warm["mem"] / warm[peer], 2.5,
-                                  "×"))
+        section.add_target(Target(f"mem dd 1 MiB warm / {peer}",
+                                  warm["mem page"] / warm[peer], 2.5, "×"))
     section.add_target(Target("extents warm re-read / direct",
                               warm["extents"] / warm["direct"], 0.8, "×"))
     one_job = results["fio 4 KiB 1 job warm"]
-    section.add_target(Target("mem random 4 KiB, 1 job / bindfs",
-                              one_job["mem"] / one_job["bindfs"], 1.0, "×",
-                              note=f"mem {one_job['mem']:,.0f}/s, "
-                                   f"bindfs {one_job['bindfs']:,.0f}/s"))
+    for peer in ("bindfs", "xmount"):
+        section.add_target(Target(f"mem random 4 KiB warm / {peer}",
+                                  one_job["mem page"] / one_job[peer], 5.0, "×",
+                                  note=f"1 job; mem {one_job['mem page']:,.0f}/s, "
+                                       f"{peer} {one_job[peer]:,.0f}/s"))
+    section.add_target(Target("mem random 4 KiB warm / direct",
+                              one_job["mem page"] / one_job["direct"], 0.5, "×",
+                              note="1 job"))
+    def ratio(label: str, mine: str, floor: str) -> tuple[float, list[float]]:
+        """The median of the per-round ratios, and the ratios."""
+        rounds = [a / b for a, b in zip(paired[label][mine], paired[label][floor],
+                                        strict=True)]
+        return median(rounds), rounds
+
+    comparisons = [("fio 4 KiB 1 job, direct_io", "mem direct", floor)
+                   for floor in ("pyfuse3 floor", "pyfuse3 floor 1 task")]
+    comparisons += [("fio 4 KiB 1 job, cold", "mem page", floor)
+                    for floor in ("pyfuse3 floor", "pyfuse3 floor page")]
+    ratio_rows = []
+    for label, mine, floor in comparisons:
+        if label not in paired:
+            continue
+        value, per_round = ratio(label, mine, floor)
+        ratio_rows.append((label, f"{mine} / {floor}", fmt_ratio(value),
+                           ", ".join(f"{r:.2f}" for r in per_round)))
+        if floor != "pyfuse3 floor 1 task":
+            name = ("mem direct random 4 KiB" if mine == "mem direct"
+                    else "mem random 4 KiB cold") + f" / {floor}"
+            section.add_target(Target(
+                name, value, 0.9, "×",
+                note=f"median of {len(per_round)} per-round ratios; mem "
+                     f"{median(paired[label][mine]):,.0f}/s, floor "
+                     f"{median(paired[label][floor]):,.0f}/s"))
 
     figure = "perf/mount_throughput.png"
     if args.out is not None:
@@ -260,7 +345,9 @@ def main() -> None:
         f"({rounds} for warm `dd`, {fio_rounds} for warm `fio`, {cold_rounds} cold; every "
         "round runs every system once, "
         "rotating the order), and in brackets the ratio to reading the file directly. "
-        "Cold rounds drop the page cache (`/proc/sys/vm/drop_caches`) before each read. "
+        "A warm measurement comes right after an untimed read of the whole file through "
+        "the same system; a cold one right after dropping the page cache "
+        "(`/proc/sys/vm/drop_caches`). "
         f"`fio` runs {fio_seconds} s per measurement: `--rw=randread --bs=4k "
         "--ioengine=psync --invalidate=0`.",
         "",
@@ -272,13 +359,23 @@ def main() -> None:
         table(byte_labels, fmt_bytes_rate), "",
         "#### Random 4 KiB reads per second (`fio`)", "",
         table(read_labels, fmt_rate), "",
-        "Commands: `mount.vmemfs FILE DIR -f` (then `DIR/mem`, `DIR/extents/…`; "
-        "`echo zero > DIR/.ctl/holes` for the holes=zero rows), "
-        "`xmount --in raw FILE DIR` (`DIR/memory.dd`), `bindfs -f FOLDER DIR`.",
+        "#### Against the floors", "",
+        "Reads the daemon must answer run at the speed of its request loop, which moves "
+        "with the load of the machine from one second to the next. So these ratios come "
+        f"from {PAIRED_ROUNDS[size_name]} more rounds of `fio` (1 job, {fio_seconds} s) "
+        "over just the systems compared, alternating: each round's ratio, then their "
+        "median. `direct_io` reads are warm; cold ones follow a drop of the page cache.",
+        "",
+        markdown_table(("reads", "ratio", "median", "per round"), ratio_rows), "",
+        "Commands: `mount.vmemfs FILE DIR -f` (`DIR/mem`: page-cache mode, `.ctl/cache` "
+        "says `page`; and `DIR/extents/…`), `mount.vmemfs FILE DIR -f -o cache=never` "
+        "(`DIR/mem`: direct mode), `xmount --in raw FILE DIR` (`DIR/memory.dd`), "
+        "`bindfs -f FOLDER DIR`, `python -m bench.minimal_fs FILE DIR [--tasks 1] "
+        "[--page-cache]` (`DIR/data`).",
         "",
     ]
-    section.data = {"file_bytes": size, "samples": samples}
-    section.markdown = "\n".join(parts)
+    section.data = {"file_bytes": size, "samples": samples, "paired": paired}
+    section.markdown = when + "\n\n" + "\n".join(parts)
     section.seconds = time.perf_counter() - began
     finish_part(section, args.out)
 

@@ -74,7 +74,7 @@ def test_lookup_and_getattr(ops: Operations) -> None:
     entry = call(ops.lookup, tree.ROOT, b"mem", Context())
     assert (entry.st_ino, entry.st_size, entry.st_mode) == (tree.MEM, 0x5010, 0o100444)
     assert (entry.st_uid, entry.st_gid) == (OWNER, OWNER)
-    assert entry.attr_timeout == 0                      # size follows .ctl/base
+    assert entry.attr_timeout == STATIC_TIMEOUT         # page-cached; dropped on .ctl/base
     assert entry.entry_timeout == STATIC_TIMEOUT
     assert entry.st_blocks == 17
     assert entry.st_mtime_ns == 1_700_000_000 * 10**9
@@ -91,7 +91,7 @@ def test_lookup_and_getattr(ops: Operations) -> None:
 
 def test_open_modes(ops: Operations) -> None:
     mem = call(ops.open, tree.MEM, os.O_RDONLY, Context())
-    assert (mem.direct_io, mem.keep_cache) == (True, False)
+    assert (mem.direct_io, mem.keep_cache) == (False, True)   # page-aligned: page cache
     extent = call(ops.open, tree.FIRST_EXTENT, os.O_RDONLY, Context())
     assert (extent.direct_io, extent.keep_cache) == (False, True)
     control = call(ops.open, tree.CTL_HOLES, os.O_WRONLY | os.O_TRUNC, Context())
@@ -134,7 +134,8 @@ def opened(ops: Operations, inode: int, flags: int = os.O_RDONLY) -> int:
     return int(info.fh)
 
 
-def test_read(ops: Operations) -> None:
+def test_read(memory_map: MemoryMap) -> None:
+    ops = Operations(tree_of(memory_map, cache="never"), uid=OWNER, gid=OWNER)
     mem = opened(ops, tree.MEM)
     assert bytes(call(ops.read, mem, 0x2ffe, 100)) == b"AA"
     assert call(ops.read, mem, 0x5010, 100) == b""
@@ -213,7 +214,7 @@ def test_readdir(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
                        (b"base", tree.CTL_BASE, 3)]
     room[0] = 10
     call(ops.readdir, tree.CTL, 3, object())
-    assert [name for name, _, _ in replies[3:]] == [b"holes", b"maps"]
+    assert [name for name, _, _ in replies[3:]] == [b"holes", b"maps", b"cache"]
     replies.clear()
     call(ops.readdir, tree.EXTENTS, 0, object())
     assert [inode for _, inode, _ in replies] == [tree.FIRST_EXTENT, tree.FIRST_EXTENT + 1]
@@ -222,7 +223,7 @@ def test_readdir(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_statfs(ops: Operations) -> None:
     data = call(ops.statfs, Context())
     assert data.f_blocks == 3                            # 0x2010 bytes in 4 KiB blocks
-    assert data.f_files == 19                 # with find/ (4) and views/ (3)
+    assert data.f_files == 20                 # with .ctl/cache, find/ (4), views/ (3)
     assert data.f_bfree == data.f_bavail == 0
 
 

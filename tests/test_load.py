@@ -422,7 +422,9 @@ def test_concurrent_readers_while_the_layout_changes(mounts: Any, tmp_path: Path
     core, reference = make_map(tmp_path)
     reference_path = tmp_path / "reference.npy"
     reference.save(reference_path)
-    mount = mounts.foreground(core)
+    # Direct mode: one request per pread, so each read shows one layout (the page-cache
+    # mode under load is tested in test_pagecache.py).
+    mount = mounts.foreground(core, "cache=never")
     extents = os.listdir(mount.path("extents"))
     assert len(extents) == EXTENT_COUNT
     memory_at_start = memory_of(mount.pid)

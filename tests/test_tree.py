@@ -164,7 +164,7 @@ def test_mem_size_stops_at_the_largest_file_size() -> None:
 def test_attributes() -> None:
     layout = Layout(two_extents())
     mem = layout.attributes(tree.MEM)
-    assert (mem.mode, mem.size, mem.volatile) == (0o100444, 0x5010, True)
+    assert (mem.mode, mem.size, mem.volatile) == (0o100444, 0x5010, False)  # page-cached
     first = layout.attributes(tree.FIRST_EXTENT)
     assert (first.mode, first.size, first.blocks, first.volatile) == (0o100444, 0x2000, 16, False)
     second = layout.attributes(tree.FIRST_EXTENT + 1)
@@ -179,7 +179,7 @@ def test_attributes() -> None:
     for missing in (0, 10, tree.FIRST_EXTENT + 2, 10**9):
         with pytest.raises(NotFound):
             layout.attributes(missing)
-    assert layout.inode_count == 10 + 2 + 4 + 3   # with find/ (4) and views/ (3)
+    assert layout.inode_count == 11 + 2 + 4 + 3   # .ctl/cache, find/ (4), views/ (3)
 
 
 # -------------------------------------------------------------------- names
@@ -190,7 +190,7 @@ def test_names_and_lookup() -> None:
     assert [name for name, _, _ in layout.entries(tree.ROOT)] == [
         b"mem", b"extents", b".ctl", b"at", b"find", b"views"]
     assert [name for name, _, _ in layout.entries(tree.CTL)] == [
-        b"wordsize", b"endian", b"base", b"holes", b"maps"]
+        b"wordsize", b"endian", b"base", b"holes", b"maps", b"cache"]
     extents = list(layout.entries(tree.EXTENTS))
     assert extents == [
         (b"0000000000001000-0000000000003000", tree.FIRST_EXTENT, 1),
@@ -198,7 +198,8 @@ def test_names_and_lookup() -> None:
     ]
     assert list(layout.entries(tree.EXTENTS, 1)) == extents[1:]
     assert list(layout.entries(tree.EXTENTS, 2)) == []
-    assert list(layout.entries(tree.CTL, 4)) == [(b"maps", tree.CTL_MAPS, 5)]
+    assert list(layout.entries(tree.CTL, 4)) == [(b"maps", tree.CTL_MAPS, 5),
+                                                 (b"cache", tree.CTL_CACHE, 6)]
     for name, inode, _ in extents:
         assert layout.lookup(tree.EXTENTS, name) == inode
     assert layout.lookup(tree.ROOT, b"mem") == tree.MEM

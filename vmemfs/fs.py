@@ -19,7 +19,10 @@ any other exception                            ``EIO``, and a logged traceback
 Nothing can be created, removed, renamed, linked or given extended attributes: those
 requests get ``EACCES`` for every user, root included (SPEC §4.6).  How the kernel may
 cache a file comes from the node: its attributes say whether they are ``volatile``
-(attribute timeout 0), its handle says ``direct_io`` and ``keep_cache``.
+(attribute timeout 0), its handle says ``direct_io`` and ``keep_cache``.  When the state
+says that ``mem`` changed (a write to ``.ctl/base`` or ``.ctl/holes``), the write is
+answered only once the kernel has dropped ``mem``'s cached pages and attributes
+(``pyfuse3.invalidate_inode``, SPEC §4.2.1).
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
 import pyfuse3
+import trio
 
 from vmemfs.ctl import ControlValueError
 from vmemfs.errors import HoleError, NoEndianError, NoWordsizeError
 from vmemfs.sources import Buffer
 from vmemfs.tree import Tree
+from vmemfs.tree.files import MEM
 from vmemfs.tree.nodes import HandleTable, Node, NodeError, Refused
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,15 @@ BLOCK_SIZE = 4096
 """``st_blksize`` and the ``statvfs`` block size."""
 
 NAME_MAX = 255
+
+INVALIDATION_WAIT = 0.1
+"""Seconds a write to ``.ctl/`` waits for the kernel to drop ``mem``'s cached pages.
+
+The kernel drops a page only once no read holds it, and a page-cached read of ``mem`` in
+flight holds its pages until this daemon answers it.  When another worker task answers
+it, the wait ends as soon as the pages are dropped.  When the loop serves one request at
+a time, that answer can only come after the write's: the write stops waiting after this
+long, and the pages are dropped as soon as the read in flight is answered."""
 
 ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
     (HoleError, errno.EIO),
@@ -102,6 +116,16 @@ def _translated(handler: Handler) -> Handler:
     return cast(Handler, translate)
 
 
+def _invalidate_inode(inode: int) -> None:
+    """``pyfuse3.invalidate_inode``; an inode the kernel does not hold (``ENOENT``) has
+    nothing to drop."""
+    try:
+        pyfuse3.invalidate_inode(inode)
+    except OSError as error:
+        if error.errno != errno.ENOENT:
+            log.warning("cannot drop the cached pages of inode %d: %s", inode, error)
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 operations over a :class:`~vmemfs.tree.Tree`.
 
@@ -125,6 +149,26 @@ class Operations(pyfuse3.Operations):
         self.time_ns = time.time_ns() if time_ns is None else time_ns
         self.mode_mask = ~0o077 if private else ~0
         """``private``: no permission bits for group and others (a live process)."""
+        self.mounted = False
+        """Set by :meth:`init`: the kernel is there to be told what to drop."""
+        self._mem_changed = False
+        tree.state.listeners.append(self._note_mem_changed)
+
+    def init(self) -> None:
+        self.mounted = True
+
+    def _note_mem_changed(self) -> None:
+        self._mem_changed = True
+
+    async def _drop_mem_cache(self) -> None:
+        """Make the kernel forget ``mem``'s cached pages and attributes, waiting at most
+        :data:`INVALIDATION_WAIT` seconds (in a thread: the kernel may wait for reads
+        this loop has yet to answer)."""
+        self._mem_changed = False
+        if not self.mounted:
+            return
+        with trio.move_on_after(INVALIDATION_WAIT):
+            await trio.to_thread.run_sync(_invalidate_inode, MEM, abandon_on_cancel=True)
 
     # ---------------------------------------------------------------- attributes
 
@@ -222,7 +266,10 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self.handles.get(fh).write(off, buf)
+        count = self.handles.get(fh).write(off, buf)
+        if self._mem_changed:
+            await self._drop_mem_cache()
+        return count
 
     @_translated
     async def flush(self, fh: int) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import operator
 import os
 import re
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as AbstractMapping
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import numpy as np
 from vmemfs.errors import HoleError, NoEndianError, NoWordsizeError
 from vmemfs.index import ADDRESS_LIMIT, MASK64, Piece, SegmentIndex, check_range
 from vmemfs.search import iter_matches
-from vmemfs.sources import BytesSource, FileSource, Source, SourceSpec, open_file_source
+from vmemfs.sources import Buffer, FileSource, Source, SourceSpec, open_file_source
 
 Endian = Literal["little", "big"]
 
@@ -71,10 +73,13 @@ class MemoryMap:
         self._source_ids: dict[tuple[int, int], int] = {}
         # What was added, in order: single mappings, and the regions of bulk adds kept as
         # arrays (an ELF core's 100,000 loads need no 100,000 objects until asked for).
-        self._log: list[Mapping | _RegionBatch] = []
+        self._log: list[Mapping | _RegionBatch | _BytesBatch] = []
         self._mapping_count = 0
         self._mappings_cache: tuple[Mapping, ...] | None = ()
         self._used_sources: set[int] = set()
+        # Every add_bytes copy, end to end in one source (see add_bytes).
+        self._arena: _BytesArena | None = None
+        self._arena_id = -1
         self._wordsize: int | None = None
         self._endian: Endian | None = None
         self.machine: int | None = None
@@ -249,14 +254,41 @@ class MemoryMap:
     def add_bytes(self, data: bytes | bytearray | memoryview, address: int) -> None:
         """Map a copy of ``data`` at ``address``; it takes precedence where it overlaps.
 
-        Runtime complexity: amortised ``O(log n)``, plus copying ``data``.
+        Runtime complexity: amortised ``O(log n)``, plus copying ``data`` (a ``bytes``
+        object is kept as it is: it cannot change).  The copies of all calls are kept end
+        to end in one source, and consecutive calls are recorded in arrays, so a call
+        makes no Python object that the garbage collector would have to visit.
 
-        :raises ValueError: if the range passes ``2**64``.
+        :raises ValueError: if the range passes ``2**64`` (or ``address`` is negative).
+        :raises TypeError: if ``address`` is not an integer.
         """
-        source = BytesSource(data)
-        check_range(_index(address, "address"), address + source.size())
-        self._sources.append(source)
-        self._add(len(self._sources) - 1, address, 0, source.size(), "bytes")
+        data = bytes(data)
+        address = _index(address, "address")
+        length = len(data)
+        end = address + length
+        if address < 0 or end > ADDRESS_LIMIT:
+            check_range(address, end)
+        arena = self._arena
+        if arena is None:
+            arena = self._arena = _BytesArena()
+            self._sources.append(arena)
+            self._arena_id = len(self._sources) - 1
+            self._used_sources.add(self._arena_id)
+        if length:
+            offset = arena.append(data)
+            self._index.insert(address, end, self._arena_id, (offset - address) & MASK64)
+        if address > MASK64:                 # an empty mapping at 2**64: no array holds it
+            self._record(Mapping(address, 0, arena.name, 0, "bytes"))
+            return
+        log = self._log
+        batch = log[-1] if log else None
+        if type(batch) is not _BytesBatch:
+            batch = _BytesBatch()
+            log.append(batch)
+        batch.addresses.append(address)
+        batch.lengths.append(length)
+        self._mapping_count += 1
+        self._mappings_cache = None
 
     def _add(self, source_id: int, address: int, offset: int, length: int,
              kind: str) -> None:
@@ -270,7 +302,7 @@ class MemoryMap:
         self._used_sources.add(source_id)
         self._record(Mapping(address, length, self._sources[source_id].name, offset, kind))
 
-    def _record(self, entry: Mapping | _RegionBatch) -> None:
+    def _record(self, entry: Mapping | _RegionBatch | _BytesBatch) -> None:
         self._log.append(entry)
         self._mapping_count += 1 if isinstance(entry, Mapping) else len(entry.addresses)
         self._mappings_cache = None
@@ -712,6 +744,14 @@ class MemoryMap:
         return [source.name for number, source in enumerate(self._sources)
                 if number in self._used_sources and isinstance(source, FileSource)]
 
+    def file_sources(self) -> list[Source]:
+        """The files that mappings were added from, each once, in the order opened.
+
+        Runtime complexity: ``O(s)`` for ``s`` sources.
+        """
+        return [source for number, source in enumerate(self._sources)
+                if number in self._used_sources and isinstance(source, FileSource)]
+
     def extents(self) -> list[tuple[int, int]]:
         """Maximal runs ``(start, end)`` of mapped addresses, ascending.
 
@@ -742,10 +782,14 @@ class MemoryMap:
         """What the index resolves ``[start, end)`` to: pieces with their source's name.
 
         Each :class:`~vmemfs.index.Piece` has ``source`` replaced by the source's name
-        (a path or ``"<bytes>"``) and ``offset`` the offset in that source.
+        (a path or ``"<bytes>"``) and ``offset`` the offset in that source (for bytes, in
+        the bytes given to that :meth:`add_bytes` call).
         """
         names = [source.name for source in self._sources]
-        return [Piece(p.start, p.end, names[p.source], p.offset)  # type: ignore[arg-type]
+        arena, arena_id = self._arena, self._arena_id
+        return [Piece(p.start, p.end, names[p.source],  # type: ignore[arg-type]
+                      arena.local_offset(p.offset) if p.source == arena_id and arena
+                      else p.offset)
                 for p in self._index.resolve(start, end)]
 
     def source_pieces(self, start: int, end: int) -> list[tuple[int, int, Source, int]]:
@@ -777,6 +821,74 @@ class _RegionBatch:
         return [Mapping(a, n, self.source, o, self.kind) for a, o, n in zip(
             self.addresses.tolist(), self.offsets.tolist(), self.lengths.tolist(),
             strict=True)]
+
+
+class _BytesBatch:
+    """Consecutive :meth:`MemoryMap.add_bytes` calls, as arrays; mappings on demand."""
+
+    __slots__ = ("addresses", "lengths")
+
+    def __init__(self) -> None:
+        self.addresses = array("Q")
+        self.lengths = array("Q")
+
+    def mappings(self) -> list[Mapping]:
+        return [Mapping(a, n, _BytesArena.name, 0, "bytes")
+                for a, n in zip(self.addresses, self.lengths, strict=True)]
+
+
+class _BytesArena(Source):
+    """The bytes of every :meth:`MemoryMap.add_bytes` call of one map, end to end.
+
+    Each call's bytes are one chunk at the next offsets, so one source serves all of
+    them; a read may cross from one chunk into the next (adjacent calls can form one
+    piece).  Runtime complexity: :meth:`append` ``O(1)``, reads ``O(log c)`` for ``c``
+    chunks plus the copy.
+    """
+
+    name = "<bytes>"
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []
+        self._size = 0
+
+    def append(self, data: bytes) -> int:
+        """Keep ``data`` (non-empty) after the others; returns its first offset."""
+        offset = self._size
+        self._chunks.append(data)
+        self._starts.append(offset)
+        self._size = offset + len(data)
+        return offset
+
+    def size(self) -> int:
+        return self._size
+
+    def local_offset(self, offset: int) -> int:
+        """``offset`` as an offset in the bytes of the call that added it."""
+        return offset - self._starts[bisect_right(self._starts, offset) - 1]
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        total = max(0, min(len(buffer), self._size - offset))
+        done = 0
+        number = bisect_right(self._starts, offset) - 1
+        while done < total:
+            chunk = self._chunks[number]
+            at = offset + done - self._starts[number]
+            count = min(len(chunk) - at, total - done)
+            buffer[done:done + count] = chunk[at:at + count]
+            done += count
+            number += 1
+        return done
+
+    def view(self, offset: int, length: int) -> Buffer:
+        number = bisect_right(self._starts, offset) - 1
+        if number >= 0:
+            chunk = self._chunks[number]
+            at = offset - self._starts[number]
+            if at + length <= len(chunk):
+                return memoryview(chunk)[at:at + length]
+        return super().view(offset, length)
 
 
 def _as_u64(values: Sequence[int] | np.ndarray, name: str, what: str) -> np.ndarray:

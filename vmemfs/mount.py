@@ -367,7 +367,8 @@ def _prepare(invocation: Invocation) -> tuple[Operations, str, set[str]]:
     """Load and check everything before mounting; messages for the user on stderr."""
     memory_map = open_map(invocation)
     mountpoint = check_mountpoint(invocation.mountpoint)
-    state = MountState(memory_map, holes=invocation.options.holes)
+    state = MountState(memory_map, holes=invocation.options.holes,
+                       cache=invocation.options.cache)
     base, reason = choose_base(invocation, memory_map, state.default_base)
     try:
         state.set_base(base)

@@ -33,6 +33,8 @@ options (-o, comma-separated, may be repeated):
   wordsize=32|64|unset            word size of the map (overrides SOURCE's)
   endian=little|big|le|be|unset   byte order of the map (overrides SOURCE's)
   holes=eio|zero                  how mem reads holes (default eio)
+  cache=auto|never                auto: mem through the page cache where that is exact;
+                                  never: always direct_io (default auto)
   symbols=FILE[@BIAS]             System.map, kallsyms or ELF symbols: MOUNTPOINT/sym/
   virtual[=ADDRESS]               an x86-64 Linux guest's physical dump as the kernel's
                                   virtual address space (page tables from VMCOREINFO, or
@@ -57,8 +59,8 @@ example:
 _FLAG_OPTIONS = frozenset({
     "physical", "allow_other", "debug", "foreground", "auto_unmount"})
 _VALUE_OPTIONS = frozenset({
-    "address", "offset", "length", "base", "wordsize", "endian", "holes", "fsname",
-    "symbols"})
+    "address", "offset", "length", "base", "wordsize", "endian", "holes", "cache",
+    "fsname", "symbols"})
 _KERNEL_FLAGS = frozenset({
     "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async", "dirsync",
     "noatime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime"})
@@ -100,6 +102,8 @@ class MountOptions:
         result.update(self.controls)
         return result
     holes: str = values.HOLES_EIO
+    cache: str = values.CACHE_AUTO
+    """``auto`` (``mem`` through the page cache where that is exact) or ``never``."""
     allow_other: bool = False
     auto_unmount: bool = False
     fsname: str | None = None
@@ -171,7 +175,7 @@ _VALUE_PARSERS = {
     "address": values.parse_address, "offset": values.parse_size,
     "length": values.parse_size, "base": values.parse_address,
     "wordsize": values.parse_wordsize, "endian": values.parse_endian,
-    "holes": values.parse_holes,
+    "holes": values.parse_holes, "cache": values.parse_cache,
 }
 
 

@@ -18,6 +18,7 @@ from vmemfs.tree.files import (
     ExtentsDirectory,
     MemFile,
     TextFile,
+    cache_text,
     extent_name,
     maps_text,
 )
@@ -82,6 +83,8 @@ def build(state: MountState) -> Tree:
         node = ControlFile(name, state)
         control.add(name.encode("ascii"), table.add_fixed(CONTROL_INODES[name], node))
     control.add(b"maps", table.add_fixed(files.CTL_MAPS, TextFile(lambda: maps_text(state))))
+    control.add(b"cache", table.add_fixed(
+        files.CTL_CACHE, TextFile(lambda: cache_text(state), volatile=True)))
     vmcoreinfo = memory_map.vmcoreinfo
     if vmcoreinfo is not None:
         control.add(b"vmcoreinfo",

@@ -7,7 +7,7 @@
       extents/       EXTENTS (3)       one file per extent, numbered in a range
       .ctl/          CTL (4)
         wordsize  endian  base  holes  (read/write)
-        maps  vmcoreinfo  cache        (read-only)
+        maps  cache  vmcoreinfo        (read-only)
 """
 
 from __future__ import annotations
@@ -109,17 +109,34 @@ class Directory(Node):
 
 
 class MemHandle(Handle):
-    """``mem`` opened: every read goes to the daemon (``direct_io``, SPEC §4.2)."""
+    """``mem`` opened, in the mode chosen at open (SPEC §4.2.1, docs/mounting.md, "Page
+    cache").
 
-    direct_io = True
-    keep_cache = False
+    Page-cache mode: the kernel caches what it reads (``keep_cache``, so later opens
+    find it), and a read is never short except at the end of ``mem``.  Direct mode
+    (``direct_io``): every read goes to the daemon and stops short at a hole (SPEC §4.2).
+    The mode is fixed for the life of the handle: a change of ``base`` or ``holes``
+    applies to the next open.
+    """
 
-    def __init__(self, state: MountState) -> None:
-        self.read = state.read_mem  # type: ignore[method-assign]  # the hot path, bound once
+    def __init__(self, state: MountState, page_cached: bool) -> None:
+        self.page_cached = page_cached
+        self.direct_io = not page_cached
+        self.keep_cache = page_cached
+        # The hot path, bound once.
+        self.read = (  # type: ignore[method-assign]
+            state.read_mem_pages if page_cached else state.read_mem)
 
 
 class MemFile(Node):
-    """``mem``: the map from ``base`` on, holes and all."""
+    """``mem``: the map from ``base`` on, holes and all.
+
+    Its attributes change only with ``base``, and the mount drops the kernel's copy then
+    (:attr:`MountState.listeners`); so the kernel may keep them while ``mem`` is page-cached
+    (a page-cached read would otherwise ask for them at every ``read(2)``).  In direct mode
+    they are not kept, so that a size the kernel lowered by itself (a private ``mmap``
+    filled with a short reply) is corrected at the next ``stat``.
+    """
 
     def __init__(self, state: MountState) -> None:
         self.state = state
@@ -127,12 +144,12 @@ class MemFile(Node):
     def attributes(self) -> Attributes:
         state = self.state
         return Attributes(READ_ONLY_MODE, state.mem_size, 1, blocks(state.mem_mapped_bytes),
-                          volatile=True)
+                          volatile=not state.mem_page_cached)
 
     def open(self, writing: bool, owner: bool) -> Handle:
         if writing:
             raise Refused(self.inode)
-        return MemHandle(self.state)
+        return MemHandle(self.state, self.state.page_cached_at_open())
 
 
 class ExtentHandle(Handle):
@@ -290,3 +307,9 @@ def maps_text(state: MountState) -> bytes:
                      for note in state.map.notes)
     return notes + b"".join(str(mapping).encode("utf-8", "surrogateescape") + b"\n"
                             for mapping in state.map.mappings)
+
+
+def cache_text(state: MountState) -> bytes:
+    """The text of ``.ctl/cache``: ``page`` or ``direct``, how the next open of ``mem`` is
+    served (SPEC §4.2.1), and a newline."""
+    return state.cache_mode.encode("ascii") + b"\n"
