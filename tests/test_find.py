@@ -368,7 +368,7 @@ def test_mem_and_ls_are_answered_while_a_1_gib_search_runs(tmp_path: Path,
         with open(root / "mem", "rb", buffering=0) as mem:
             assert os.pread(mem.fileno(), 4096, size // 2) == bytes(4096)
             assert os.pread(mem.fileno(), 6, 0) == b"needle"
-        assert sorted(os.listdir(root)) == [".ctl", "at", "extents", "find", "mem"]
+        assert sorted(os.listdir(root)) == [".ctl", "at", "extents", "find", "mem", "views"]
         assert search.poll() is None, "the search ended before mem and ls were answered"
         rest, _ = search.communicate(timeout=300)
     finally:
