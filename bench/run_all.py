@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.common import REPO, SIZES, VENV_BIN, Section, machine, markdown_table
 
 PARTS = ("index_bench", "search_bench", "mount_bench", "startup_bench", "typed_bench",
-         "dumps_bench")
+         "views_bench", "dumps_bench")
 DOCS = REPO / "docs"
 PERF = DOCS / "perf"
 

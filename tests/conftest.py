@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guestdumps import Guest, GuestUnavailable, guest
 from mounting import Mount, mount_unavailable, start_detached, start_foreground, unmount
 
 
@@ -73,3 +74,13 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
 def module_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounts]:
     """Mounts shared by the tests of one module, unmounted when the module ends."""
     yield from _mounts(tmp_path_factory.mktemp("mounts"))
+
+
+@pytest.fixture(scope="session")
+def dumps() -> Guest:
+    """The dumps of the QEMU guest (``guestdumps``), built once per machine; the test
+    skips where QEMU cannot be had."""
+    try:
+        return guest()
+    except GuestUnavailable as error:
+        pytest.skip(str(error))

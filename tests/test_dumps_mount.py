@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import Mounts
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
 
 CHUNK = 4 << 20
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 def dump_files(dumps: Guest) -> dict[str, Path]:
@@ -110,3 +102,27 @@ def test_info_names_format_and_release(dumps: Guest) -> None:
     assert "kdump-compressed" in result.stdout
     assert "flattened" in result.stdout
     assert dumps.kernel_release in result.stdout
+
+
+DRGN_BANNER = """
+import sys, drgn
+program = drgn.Program()
+program.set_core_dump(sys.argv[1])
+print(program.read(int(sys.argv[2], 16), 13).decode())
+"""
+
+
+@pytest.mark.mount
+def test_drgn_takes_views_core_elf_of_a_kdump_for_the_kernel(dumps: Guest,
+                                                              mounts: Mounts) -> None:
+    pytest.importorskip("drgn")
+    banner = next(line.split()[0] for line in dumps.kallsyms.read_text().splitlines()
+                  if line.endswith(" linux_banner"))
+    mount = mounts.foreground(dumps.kdump_flat)
+    # drgn finds VMCOREINFO in the core, so it knows the kernel and walks its page tables
+    # to read a virtual address.
+    result = subprocess.run([sys.executable, "-c", DRGN_BANNER,
+                             str(mount.path("views", "core.elf")), banner],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Linux version"

@@ -223,7 +223,7 @@ def test_readdir(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_statfs(ops: Operations) -> None:
     data = call(ops.statfs, Context())
     assert data.f_blocks == 3                            # 0x2010 bytes in 4 KiB blocks
-    assert data.f_files == 17                 # with find/ and its three folders, .ctl/cache
+    assert data.f_files == 20                 # with .ctl/cache, find/ (4), views/ (3)
     assert data.f_bfree == data.f_bavail == 0
 
 

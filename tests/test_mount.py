@@ -245,7 +245,8 @@ class TestRandomMap:
 
     def test_tree(self, case: tuple[RandomMap, Mount]) -> None:
         model, mount = case
-        assert sorted(os.listdir(mount.mountpoint)) == [".ctl", "at", "extents", "find", "mem"]
+        assert sorted(os.listdir(mount.mountpoint)) == [
+            ".ctl", "at", "extents", "find", "mem", "views"]
         names = os.listdir(mount.path("extents"))
         assert sorted(names) == [f"{start:016x}-{end:016x}" for start, end in model.extents]
         info = os.stat(mount.path("mem"))
@@ -553,7 +554,7 @@ class TestControl:
         for attempt in attempts:
             with pytest.raises(PermissionError):
                 attempt()
-        assert sorted(os.listdir(root)) == [".ctl", "at", "extents", "find", "mem"]
+        assert sorted(os.listdir(root)) == [".ctl", "at", "extents", "find", "mem", "views"]
 
 
 # ==================================================================== mount errors

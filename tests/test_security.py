@@ -272,11 +272,12 @@ HOSTILE_NAMES = [
 DIRECTORIES = (tree.ROOT, tree.EXTENTS, tree.CTL)
 REAL_NAMES = {
     tree.ROOT: {b"mem": tree.MEM, b"extents": tree.EXTENTS, b".ctl": tree.CTL,
-                b"at": tree.AT},
+                b"at": tree.AT, b"find": tree.FIND, b"views": tree.VIEWS},
     tree.EXTENTS: {b"0000000000001000-0000000000003000": tree.FIRST_EXTENT,
                    b"0000000000005000-0000000000005010": tree.FIRST_EXTENT + 1},
     tree.CTL: {b"wordsize": tree.CTL_WORDSIZE, b"endian": tree.CTL_ENDIAN,
-               b"base": tree.CTL_BASE, b"holes": tree.CTL_HOLES, b"maps": tree.CTL_MAPS},
+               b"base": tree.CTL_BASE, b"holes": tree.CTL_HOLES, b"maps": tree.CTL_MAPS,
+               b"cache": tree.CTL_CACHE},
 }
 
 
@@ -375,7 +376,8 @@ def test_names_through_the_kernel(mounts: Mounts, tmp_path: Path) -> None:
     assert walked == sorted([".ctl", "at", "extents", "mem", *(f".ctl/{n}" for n in
                                                           (*CONTROLS, "maps", "cache")),
                              "find", "find/text", "find/hex", "find/pointer",
-                             "extents/0000000000000000-0000000000001000"])
+                             "extents/0000000000000000-0000000000001000",
+                             "views", "views/core.elf", "views/lime"])
     with pytest.raises(OSError) as caught:
         os.readlink(root / "mem")
     assert caught.value.errno == errno.EINVAL

@@ -171,7 +171,7 @@ def test_attributes() -> None:
     assert (second.size, second.blocks) == (0x10, 1)
     for directory in (tree.ROOT, tree.EXTENTS, tree.CTL):
         assert layout.attributes(directory).mode == 0o40555
-    assert layout.attributes(tree.ROOT).nlink == 6
+    assert layout.attributes(tree.ROOT).nlink == 7   # 2 + extents, .ctl, at, find, views
     base = layout.attributes(tree.CTL_BASE)
     assert (base.mode, base.size, base.volatile) == (0o100644, 19, True)
     maps = layout.attributes(tree.CTL_MAPS)
@@ -179,7 +179,7 @@ def test_attributes() -> None:
     for missing in (0, 10, tree.FIRST_EXTENT + 2, 10**9):
         with pytest.raises(NotFound):
             layout.attributes(missing)
-    assert layout.inode_count == 11 + 2 + 4       # with find/ and its three folders
+    assert layout.inode_count == 11 + 2 + 4 + 3   # .ctl/cache, find/ (4), views/ (3)
 
 
 # -------------------------------------------------------------------- names
@@ -188,7 +188,7 @@ def test_attributes() -> None:
 def test_names_and_lookup() -> None:
     layout = Layout(two_extents())
     assert [name for name, _, _ in layout.entries(tree.ROOT)] == [
-        b"mem", b"extents", b".ctl", b"at", b"find"]
+        b"mem", b"extents", b".ctl", b"at", b"find", b"views"]
     assert [name for name, _, _ in layout.entries(tree.CTL)] == [
         b"wordsize", b"endian", b"base", b"holes", b"maps", b"cache"]
     extents = list(layout.entries(tree.EXTENTS))

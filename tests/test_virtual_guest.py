@@ -9,21 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dumpwriters import write_avml, write_kdump
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
 from vmemfs import MemoryMap
 
 KERNEL_HALF = 0xFFFF800000000000
 CHUNK = 8 << 20
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Mounts
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 @pytest.mark.mount

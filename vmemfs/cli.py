@@ -342,6 +342,9 @@ def info_lines(memmap: MemoryMap, source: str) -> list[str]:
     if extents:
         summary += f" from {extents[0][0]:#x} to {extents[-1][1]:#x}"
     lines.append(f"mapped:    {summary}")
+    if holes:
+        lines.append("hint:      tools that read mem front to back (volatility, dd) stop at its "
+                     "first hole; a mount's views/lime and views/core.elf have none")
     return lines
 
 

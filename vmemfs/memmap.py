@@ -96,6 +96,9 @@ class MemoryMap:
         """The ``base`` a map file asks a mount to use, or ``None``."""
         self.vmcoreinfo: bytes | None = None
         """A kernel dump's VMCOREINFO text (SPEC §3.5), or ``None``."""
+        self.kernel_virtual = False
+        """Whether this is a kernel's virtual view (``-o virtual``): addresses are
+        virtual ones, served through a physical map."""
         self.symbols: AbstractMapping[str, int] | None = None
         """Symbol names to addresses when a symbol table was given (SPEC §3.9)."""
 

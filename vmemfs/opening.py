@@ -262,6 +262,7 @@ def _virtual(physical: MemoryMap, top_table: int | None, name: str) -> MemoryMap
     memmap.details = [*physical.details, ("view", "kernel virtual (page tables walked)")]
     memmap.notes = view.describe()
     memmap.vmcoreinfo = physical.vmcoreinfo
+    memmap.kernel_virtual = True
     memmap.symbols = physical.symbols  # a map file's own symbols name virtual addresses
     return memmap
 

@@ -16,6 +16,10 @@ the map's (little when unset).  The note records the word size and byte order as
 map has them, "unset" included, so :meth:`vmemfs.MemoryMap.load` gives back a map
 with the same bytes, holes, word size and byte order.
 
+:func:`core_layout` computes this layout (headers, and where each extent's data goes) for
+:func:`save` and for the mount's ``views/core.elf``, which serves the same bytes on the
+fly (docs/mounting.md, "Views").
+
 The data is streamed: ``copy_file_range(2)`` from the backing files where the kernel
 can do it (no copy through user space; a reflink on filesystems that share blocks),
 otherwise through one reused 8 MiB buffer.  The map is never held in memory.
@@ -28,6 +32,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -51,11 +56,19 @@ from vmemfs.formats.elf import (
     PT_LOAD,
     PT_NOTE,
     SHDR_SIZE,
+    VMCOREINFO_NAME,
     phdr_dtype,
     settings_desc,
 )
 from vmemfs.sources import FileSource, Source
 from vmemfs.values import Endian
+
+
+def kernel_note(memmap: SavedMap) -> bytes | None:
+    """The VMCOREINFO text to write with a map: a physical map's (a kernel dump's), never
+    a kernel virtual view's, whose loads hold virtual addresses where readers of
+    VMCOREINFO cores expect physical ones in ``p_paddr``."""
+    return None if memmap.kernel_virtual else memmap.vmcoreinfo
 
 
 class SavedMap(Protocol):
@@ -64,6 +77,8 @@ class SavedMap(Protocol):
     wordsize: int | None
     endian: Endian | None
     machine: int | None
+    vmcoreinfo: bytes | None
+    kernel_virtual: bool
 
     def extents(self) -> list[tuple[int, int]]: ...
     def source_pieces(self, start: int, end: int) -> list[tuple[int, int, Source, int]]: ...
@@ -86,30 +101,65 @@ _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, err
 
 def note_bytes(wordsize: int | None, endian: str | None, order: str) -> bytes:
     """The VMEMFS settings note, as it sits in the ``PT_NOTE`` segment."""
-    name = NOTE_NAME + b"\0"
-    desc = settings_desc(wordsize, endian)
-    return (struct.pack(order + "III", len(name), len(desc), NT_VMEMFS_SETTINGS)
+    return _note(NOTE_NAME, NT_VMEMFS_SETTINGS, settings_desc(wordsize, endian), order)
+
+
+def _note(owner: bytes, note_type: int, desc: bytes, order: str) -> bytes:
+    """One ELF note: header, NUL-terminated owner name and descriptor, each 4-aligned."""
+    name = owner + b"\0"
+    return (struct.pack(order + "III", len(name), len(desc), note_type)
             + name.ljust((len(name) + 3) & ~3, b"\0")
             + desc.ljust((len(desc) + 3) & ~3, b"\0"))
 
 
-def build_headers(
+@dataclass(frozen=True)
+class CoreLayout:
+    """Where every byte of the ELF core of one map sits (the layout in the module doc).
+
+    The one description of the file that both :func:`save` and the mount's
+    ``views/core.elf`` use: the bytes before the data, and where each extent's data goes.
+    """
+
+    head: bytes
+    """ELF header, program headers, section header 0 (``PN_XNUM`` only), the note,
+    zero padding up to the first extent's data (:data:`DATA_ALIGNMENT`)."""
+    starts: np.ndarray
+    """The first address of each extent (``uint64``, ascending)."""
+    lengths: np.ndarray
+    """Each extent's length in bytes (``uint64``)."""
+    offsets: np.ndarray
+    """The file offset of each extent's data (``uint64``): packed one after the other,
+    ``offsets[0] == len(head)``."""
+    size: int
+    """The size of the whole file."""
+
+
+def core_layout(
     extents: list[tuple[int, int]],
     wordsize: int | None,
     endian: str | None,
     machine: int | None,
-) -> tuple[bytes, np.ndarray]:
-    """Everything before the data: headers and note, padded to :data:`DATA_ALIGNMENT`.
+    vmcoreinfo: bytes | None = None,
+) -> CoreLayout:
+    """The ELF core layout of a map with these ``extents`` and settings.
 
-    Returns the bytes and the file offset of each extent's data.
-    Cost: vectorised over the extents.
+    The class is ELF64 when any address, length or file offset needs it, otherwise ELF32
+    when ``wordsize`` is 32, otherwise ELF64; the byte order is ``endian`` (little when
+    ``None``); ``e_machine`` is ``machine`` (``EM_NONE`` when ``None``).  ``vmcoreinfo``,
+    when given, goes in a ``VMCOREINFO`` note after vmemfs's own, as kdump and QEMU write
+    it, so that drgn and crash take the core for a Linux kernel's.
+
+    Runtime complexity: ``O(n)`` for ``n`` extents, vectorised (numpy).
     """
     starts = np.fromiter((s for s, _ in extents), dtype=np.uint64, count=len(extents))
     lengths = np.fromiter((e - s for s, e in extents), dtype=np.uint64, count=len(extents))
     order_name = endian or "little"
     order = "<" if order_name == "little" else ">"
     note = note_bytes(wordsize, endian, order)
+    if vmcoreinfo is not None:
+        note += _note(VMCOREINFO_NAME, 0, vmcoreinfo, order)
     count = len(extents) + 1
+    data_bytes = int(lengths.sum(dtype=np.uint64))
 
     def layout(elfclass: int) -> tuple[int, int, np.ndarray, int]:
         table_at = EHDR_SIZE[elfclass]
@@ -118,7 +168,7 @@ def build_headers(
         data_at = -(-(note_at + len(note)) // DATA_ALIGNMENT) * DATA_ALIGNMENT
         ends = np.cumsum(lengths, dtype=np.uint64)
         offsets = np.uint64(data_at) + ends - lengths
-        return section_at, note_at, offsets, data_at + int(lengths.sum(dtype=np.uint64))
+        return section_at, note_at, offsets, data_at + data_bytes
 
     fits32 = all(end <= _LIMIT32 and end - start < _LIMIT32 for start, end in extents)
     elfclass = ELFCLASS32 if wordsize == 32 and fits32 else ELFCLASS64
@@ -157,8 +207,21 @@ def build_headers(
         else:
             section = struct.pack(order + "IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, count, 0, 0)
     head = header + table.tobytes() + section + note
-    data_at = int(offsets[0]) if len(extents) else len(head)
-    return head.ljust(data_at, b"\0"), offsets
+    if len(extents):
+        head = head.ljust(int(offsets[0]), b"\0")
+    return CoreLayout(head, starts, lengths, offsets, len(head) + data_bytes)
+
+
+def build_headers(
+    extents: list[tuple[int, int]],
+    wordsize: int | None,
+    endian: str | None,
+    machine: int | None,
+) -> tuple[bytes, np.ndarray]:
+    """``(head, offsets)`` of :func:`core_layout`: the bytes before the data, and the file
+    offset of each extent's data."""
+    layout = core_layout(extents, wordsize, endian, machine)
+    return layout.head, layout.offsets
 
 
 def save(memmap: SavedMap, path: str | os.PathLike[str], *,
@@ -183,8 +246,8 @@ def save(memmap: SavedMap, path: str | os.PathLike[str], *,
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
     extents = memmap.extents()
-    head, offsets = build_headers(extents, memmap.wordsize, memmap.endian,
-                                  memmap.machine)
+    layout = core_layout(extents, memmap.wordsize, memmap.endian, memmap.machine,
+                         kernel_note(memmap))
     folder = os.path.dirname(target)
     try:
         mode = os.stat(target).st_mode & 0o7777
@@ -198,8 +261,8 @@ def save(memmap: SavedMap, path: str | os.PathLike[str], *,
     try:
         try:
             os.fchmod(fd, mode)
-            _write_all(fd, head, 0)
-            _write_extents(memmap, fd, extents, offsets, progress)
+            _write_all(fd, layout.head, 0)
+            _write_extents(memmap, fd, extents, layout.offsets, progress)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -34,6 +34,7 @@ from vmemfs.tree.nodes import (
 )
 from vmemfs.tree.state import MountState, default_base
 from vmemfs.tree.sym import SymDirectory
+from vmemfs.tree.views import add_views
 
 __all__ = [
     "Attributes",
@@ -93,6 +94,6 @@ def build(state: MountState) -> Tree:
     root.add(b"find", table.add_fixed(files.FIND, find_directory(state, table)))
     if memory_map.symbols is not None:
         root.add(b"sym", table.add_fixed(files.SYM, SymDirectory(memory_map.symbols, table)))
-    root.nlink = 2 + sum(1 for _, child in root.children if isinstance(
-        child, (Directory, ExtentsDirectory, AtDirectory, SymDirectory)))
+    root.add(b"views", add_views(state, table))
+    root.nlink = 2 + sum(1 for _, child in root.children if child.is_directory())
     return Tree(state, table, root, extents)
