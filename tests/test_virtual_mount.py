@@ -52,3 +52,12 @@ def test_a_table_outside_the_dump_is_one_line(dumps: Guest, tmp_path: Path) -> N
         vmemfs.open(dumps.elf, virtual=0x7fff0000000)
     assert "\n" not in str(caught.value)
     assert "0x7fff0000000" in str(caught.value)
+
+
+def test_banner_through_vmemfs_at(dumps: Guest) -> None:
+    result = subprocess.run([sys.executable, "-m", "vmemfs.cli", "at", str(dumps.kdump_zlib),
+                             "-o", "virtual", "--symbols", str(dumps.kallsyms),
+                             "linux_banner", "string"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == dumps.banner.strip()

@@ -43,7 +43,7 @@ from vmemfs.ctl import ControlValueError
 from vmemfs.errors import HoleError, NoEndianError, NoWordsizeError
 from vmemfs.sources import Buffer
 from vmemfs.tree import Tree
-from vmemfs.tree.files import MEM
+from vmemfs.tree.files import MEM, VIEW_CORE
 from vmemfs.tree.nodes import HandleTable, Node, NodeError, Refused
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,8 @@ class Operations(pyfuse3.Operations):
         """Set by :meth:`init`: the kernel is there to be told what to drop."""
         self._mem_changed = False
         tree.state.listeners.append(self._note_mem_changed)
+        self._settings_changed = False
+        tree.state.settings_listeners.append(self._note_settings_changed)
 
     def init(self) -> None:
         self.mounted = True
@@ -160,15 +162,17 @@ class Operations(pyfuse3.Operations):
     def _note_mem_changed(self) -> None:
         self._mem_changed = True
 
-    async def _drop_mem_cache(self) -> None:
-        """Make the kernel forget ``mem``'s cached pages and attributes, waiting at most
+    def _note_settings_changed(self) -> None:
+        self._settings_changed = True
+
+    async def _drop_cache(self, inode: int) -> None:
+        """Make the kernel forget ``inode``'s cached pages and attributes, waiting at most
         :data:`INVALIDATION_WAIT` seconds (in a thread: the kernel may wait for reads
         this loop has yet to answer)."""
-        self._mem_changed = False
         if not self.mounted:
             return
         with trio.move_on_after(INVALIDATION_WAIT):
-            await trio.to_thread.run_sync(_invalidate_inode, MEM, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(_invalidate_inode, inode, abandon_on_cancel=True)
 
     # ---------------------------------------------------------------- attributes
 
@@ -267,8 +271,12 @@ class Operations(pyfuse3.Operations):
     @_translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         count = self.handles.get(fh).write(off, buf)
-        if self._mem_changed:
-            await self._drop_mem_cache()
+        if self._mem_changed:       # base or holes: mem's size, pages and mode
+            self._mem_changed = False
+            await self._drop_cache(MEM)
+        if self._settings_changed:  # word size or endian: views/core.elf's headers
+            self._settings_changed = False
+            await self._drop_cache(VIEW_CORE)
         return count
 
     @_translated

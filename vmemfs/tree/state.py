@@ -92,6 +92,9 @@ class MountState:
         """A backing file was found shorter than when mounted, or a page-cached read met
         bytes a source could not serve: from then on ``mem`` opens with ``direct_io``."""
         self.listeners: list[Callable[[], None]] = []
+        self.settings_listeners: list[Callable[[], None]] = []
+        """Called, with no argument, after a change of word size or endian (what
+        ``views/core.elf``'s headers follow)."""
         self.base = 0
         self.mem_size = 0
         self.mem_mapped_bytes = 0
@@ -178,10 +181,10 @@ class MountState:
 
     def set_control(self, name: str, value: Any) -> None:
         """Set control ``name`` to an already parsed ``value`` (see :func:`ctl.parse`)."""
-        if name == ctl.WORDSIZE:
-            self.map.wordsize = value
-        elif name == ctl.ENDIAN:
-            self.map.endian = value
+        if name in (ctl.WORDSIZE, ctl.ENDIAN):
+            setattr(self.map, name, value)
+            for listener in self.settings_listeners:
+                listener()
         elif name == ctl.BASE:
             self.set_base(value)
         elif name == ctl.HOLES:

@@ -188,8 +188,10 @@ class CoreFile(Node):
         return key, self._splice
 
     def attributes(self) -> Attributes:
+        # Cacheable: a change of word size or endian makes the adapter drop the kernel's
+        # copy (MountState.settings_listeners), so warm reads need no daemon round trip.
         size = self._current()[1].size
-        return Attributes(READ_ONLY_MODE, size, 1, blocks(size), volatile=True)
+        return Attributes(READ_ONLY_MODE, size, 1, blocks(size))
 
     def open(self, writing: bool, owner: bool) -> Handle:
         if writing:
