@@ -61,3 +61,21 @@ def test_banner_through_vmemfs_at(dumps: Guest) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == dumps.banner.strip()
+
+
+def test_a_map_files_virtual_key(dumps: Guest, tmp_path: Path) -> None:
+    mapfile = tmp_path / "guest.toml"
+    mapfile.write_text(f'virtual = true\nsymbols = "{dumps.kallsyms}"\n'
+                       f'[[map]]\nelf = "{dumps.elf}"\nphysical = true\n')
+    m = vmemfs.open(mapfile)
+    try:
+        assert m.kernel_virtual
+        assert m.symbols is not None
+        assert m.get_string(m.symbols["linux_banner"]).decode().strip() == \
+            dumps.banner.strip()
+    finally:
+        m.close()
+    mapfile.write_text(f'virtual = "0x7fff0000000"\n[[map]]\nelf = "{dumps.elf}"\n'
+                       'physical = true\n')
+    with pytest.raises(vmemfs.FormatError, match="0x7fff0000000"):
+        vmemfs.open(mapfile)

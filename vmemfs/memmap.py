@@ -96,6 +96,8 @@ class MemoryMap:
         """The ``base`` a map file asks a mount to use, or ``None``."""
         self.vmcoreinfo: bytes | None = None
         """A kernel dump's VMCOREINFO text (SPEC §3.5), or ``None``."""
+        self.requested_view: bool | int | None = None
+        """A map file's ``virtual`` key: the kernel's virtual view it asks for."""
         self.kernel_virtual = False
         """Whether this is a kernel's virtual view (``-o virtual``): addresses are
         virtual ones, served through a physical map."""

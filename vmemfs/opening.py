@@ -236,6 +236,10 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
+    if not virtual and memmap.requested_view:  # a map file's own virtual key
+        virtual = memmap.requested_view
+        if virtual is not True:
+            top_table = int(virtual)
     if virtual is not None and virtual is not False:
         memmap = _virtual(memmap, top_table, name)
     if table is not None:  # the option wins over a map file's own symbols

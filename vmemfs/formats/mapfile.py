@@ -6,6 +6,7 @@ A map file lists mappings in order, later ones winning where they overlap::
     endian = "little"                  # optional: little | big | le | be | "unset"
     base = "0xffffffff80000000"        # optional: where a mount's ``mem`` starts
     symbols = "System.map"             # optional: a symbol table (FILE or FILE@BIAS)
+    virtual = true                     # optional: the kernel's virtual view (or a CR3)
 
     [[map]]
     file = "ram.bin"                   # raw bytes of a file (path relative to this file)
@@ -65,7 +66,7 @@ _KEYS = {
     "hex": ("address",),
     "text": ("address",),
 }
-_TOP_KEYS = ("wordsize", "endian", "base", "symbols", "map")
+_TOP_KEYS = ("wordsize", "endian", "base", "symbols", "virtual", "map")
 
 
 def parse_int(value: object) -> int:
@@ -207,6 +208,7 @@ def build_map(
     wordsize = _top_value(document, "wordsize", name, values.parse_wordsize)
     endian = _top_value(document, "endian", name, values.parse_endian)
     base = _top_value(document, "base", name, parse_address)
+    virtual = _top_value(document, "virtual", name, _parse_virtual)
     symbols = None
     if "symbols" in document:
         symbols = _symbols(document["symbols"], name, folder, identity)
@@ -228,8 +230,16 @@ def build_map(
     if "endian" in document:
         memmap.endian = endian
     memmap.preferred_base = base
+    memmap.requested_view = virtual
     if symbols is not None:
         memmap.symbols = symbols
+
+
+def _parse_virtual(value: object) -> bool | int:
+    """``virtual``: ``true``/``false``, or the top-level page table's physical address."""
+    if isinstance(value, bool):
+        return value
+    return values.parse_address(value)  # type: ignore[arg-type]  # checked there
 
 
 def _symbols(value: object, name: str, folder: str,
