@@ -141,7 +141,8 @@ def open_to_first_read(source: Path, work: Path, tag: str, *options: str) -> flo
         fd = os.open(mountpoint / "mem", os.O_RDONLY)
         try:
             first = int(sorted(os.listdir(mountpoint / "extents"))[0][:16], 16)
-            os.pread(fd, 4096, first)
+            base = int((mountpoint / ".ctl" / "base").read_text(), 16)
+            os.pread(fd, 4096, first - base)
         finally:
             os.close(fd)
         return time.perf_counter() - began
