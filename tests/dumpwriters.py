@@ -27,7 +27,8 @@ from typing import BinaryIO
 
 import cramjam
 
-from vmemfs import MemoryMap
+from vmemfs import FormatError, MemoryMap
+from vmemfs.formats.dump import Dump
 
 # ---------------------------------------------------------------------- codecs
 
@@ -553,3 +554,29 @@ def compare_maps(got: MemoryMap, expected: MemoryMap, rng: random.Random,
         address = max(0, rng.randrange(start - 3 * 4096, end + 4096))
         size = rng.choice([1, 2, 7, 100, 4095, 4096, 4097, 10_000, 70_000])
         assert got.read(address, size) == expected.read(address, size), (hex(address), size)
+
+
+def open_and_read_all(open_dump: Callable[[Path], Dump], path: Path) -> None:
+    """Open ``path`` with ``open_dump``: a one-line FormatError naming it, or a dump whose
+    every region reads (short reads allowed, exceptions not)."""
+    try:
+        dump = open_dump(path)
+    except FormatError as error:
+        assert "\n" not in str(error) and str(error).startswith(f"{path}: ")
+        return
+    try:
+        buffer = bytearray(1 << 16)
+        for offset, length in zip(dump.offsets.tolist(), dump.lengths.tolist(), strict=True):
+            for at in range(offset, offset + length, len(buffer)):
+                dump.source.read_into(at, memoryview(buffer)[:min(len(buffer),
+                                                                  offset + length - at)])
+    finally:
+        dump.close()
+
+
+def mutated(base: bytes, edits: list[tuple[int, int]]) -> bytes:
+    """``base`` with byte ``position % len(base)`` set to ``value`` for each edit."""
+    content = bytearray(base)
+    for position, value in edits:
+        content[position % len(content)] = value
+    return bytes(content)

@@ -19,6 +19,8 @@ from dumpwriters import (
     CODECS,
     KdumpWritten,
     compare_maps,
+    mutated,
+    open_and_read_all,
     page_content,
     random_map,
     runs,
@@ -675,24 +677,6 @@ def fuzz_bases(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return bases
 
 
-def open_and_read_all(path: Path) -> None:
-    """Open ``path``: a one-line FormatError naming it, or a dump whose every region
-    reads (short reads allowed, exceptions not)."""
-    try:
-        dump = open_kdump(path)
-    except FormatError as error:
-        assert "\n" not in str(error) and str(error).startswith(f"{path}: ")
-        return
-    try:
-        buffer = bytearray(1 << 16)
-        for offset, length in zip(dump.offsets.tolist(), dump.lengths.tolist(), strict=True):
-            for at in range(offset, offset + length, len(buffer)):
-                dump.source.read_into(at, memoryview(buffer)[:min(len(buffer),
-                                                                  offset + length - at)])
-    finally:
-        dump.close()
-
-
 @FUZZ
 @given(which=st.integers(0, 3), edits=st.lists(
     st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6))
@@ -700,12 +684,9 @@ def test_mutated_dumps(tmp_path: Path, fuzz_bases: list[bytes], which: int,
                        edits: list[tuple[int, int]]) -> None:
     logging.getLogger("vmemfs.sources.blocks").disabled = True
     try:
-        content = bytearray(fuzz_bases[which])
-        for position, value in edits:
-            content[position % len(content)] = value
         path = tmp_path / "mutant"
-        path.write_bytes(bytes(content))
-        open_and_read_all(path)
+        path.write_bytes(mutated(fuzz_bases[which], edits))
+        open_and_read_all(open_kdump, path)
     finally:
         logging.getLogger("vmemfs.sources.blocks").disabled = False
 
@@ -721,7 +702,7 @@ def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
                           | {8, 16, 32, 463, 464, 4095, 4096, 4097, 4112, 8192})
             for cut in cuts:
                 path.write_bytes(content[:cut])
-                open_and_read_all(path)
+                open_and_read_all(open_kdump, path)
     finally:
         logging.getLogger("vmemfs.sources.blocks").disabled = False
 

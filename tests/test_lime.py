@@ -17,6 +17,8 @@ from dumpwriters import (
     SNAPPY_STREAM_IDENTIFIER,
     compare_maps,
     lime_header,
+    mutated,
+    open_and_read_all,
     random_map,
     snappy_chunk,
     snappy_stream,
@@ -305,22 +307,6 @@ def fuzz_bases(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return [(folder / "lime").read_bytes(), (folder / "avml").read_bytes()]
 
 
-def open_and_read_all(path: Path) -> None:
-    try:
-        dump = open_lime(path)
-    except FormatError as error:
-        assert "\n" not in str(error) and str(error).startswith(f"{path}: ")
-        return
-    try:
-        buffer = bytearray(1 << 16)
-        for offset, length in zip(dump.offsets.tolist(), dump.lengths.tolist(), strict=True):
-            for at in range(offset, offset + length, len(buffer)):
-                dump.source.read_into(at, memoryview(buffer)[:min(len(buffer),
-                                                                  offset + length - at)])
-    finally:
-        dump.close()
-
-
 @FUZZ
 @given(which=st.integers(0, 1), edits=st.lists(
     st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6))
@@ -328,12 +314,9 @@ def test_mutated_captures(tmp_path: Path, fuzz_bases: list[bytes], which: int,
                           edits: list[tuple[int, int]]) -> None:
     logging.getLogger("vmemfs.sources.blocks").disabled = True
     try:
-        content = bytearray(fuzz_bases[which])
-        for position, value in edits:
-            content[position % len(content)] = value
         path = tmp_path / "mutant"
-        path.write_bytes(bytes(content))
-        open_and_read_all(path)
+        path.write_bytes(mutated(fuzz_bases[which], edits))
+        open_and_read_all(open_lime, path)
     finally:
         logging.getLogger("vmemfs.sources.blocks").disabled = False
 
@@ -344,7 +327,7 @@ def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
         for cut in sorted(set(range(0, len(content), max(1, len(content) // 300)))
                           | {1, 8, 31, 32, 33, 41, 42, 45}):
             path.write_bytes(content[:cut])
-            open_and_read_all(path)
+            open_and_read_all(open_lime, path)
 
 
 def test_dump_arrays_are_uint64(tmp_path: Path) -> None:

@@ -194,8 +194,9 @@ def open(
             options[option] = _parsed(option, given, parse)
     if physical:
         options["physical"] = True
+    wants_view = virtual is not None and virtual is not False
     top_table: int | None = None
-    if virtual is not None and virtual is not False and virtual is not True:
+    if wants_view and virtual is not True:
         top_table = _parsed("virtual", virtual, values.parse_address)
     settings: dict[str, Any] = {}
     if wordsize is not KEEP:
@@ -212,10 +213,25 @@ def open(
         for option in options:
             raise FormatError(f"{name}: option {option} does not apply to a live process")
         memmap = _open_process(pid)
+    else:
+        memmap = _open_file(name, options, wants_view)
+        if not wants_view and memmap.requested_view:  # a map file's own virtual key
+            wants_view = True
+            if memmap.requested_view is not True:
+                top_table = int(memmap.requested_view)
+        if wants_view:
+            memmap = _virtual(memmap, top_table, name)
+    if table is not None:  # the option wins over a map file's own symbols
+        if "@" not in os.fsdecode(symbols or "") and memmap.vmcoreinfo is not None:
+            table = table.rebased(kernel_relocation(table, memmap.vmcoreinfo))
         memmap.symbols = table
-        for setting, value in settings.items():
-            setattr(memmap, setting, value)
-        return memmap
+    for setting, value in settings.items():
+        setattr(memmap, setting, value)
+    return memmap
+
+
+def _open_file(name: str, options: dict[str, Any], wants_view: bool) -> MemoryMap:
+    """A new map of the file ``name``, its format detected (see :func:`open`)."""
     info = os.stat(name)
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(21, "Is a directory", name)
@@ -227,7 +243,7 @@ def open(
             article = "an" if found.title[0] in "AEIOU" else "a"
             raise FormatError(f"{name}: option {option}{'' if option == 'physical' else '='} "
                               f"applies to {_WHERE[option]}, not to {article} {found.title}")
-    if virtual is not None and virtual is not False and "physical" in found.takes:
+    if wants_view and "physical" in found.takes:
         options["physical"] = True   # the page tables hold physical addresses
     memmap = MemoryMap()
     try:
@@ -236,18 +252,6 @@ def open(
         memmap.close()
         raise
     memmap.format = found.name
-    if not virtual and memmap.requested_view:  # a map file's own virtual key
-        virtual = memmap.requested_view
-        if virtual is not True:
-            top_table = int(virtual)
-    if virtual is not None and virtual is not False:
-        memmap = _virtual(memmap, top_table, name)
-    if table is not None:  # the option wins over a map file's own symbols
-        if "@" not in os.fsdecode(symbols or "") and memmap.vmcoreinfo is not None:
-            table = table.rebased(kernel_relocation(table, memmap.vmcoreinfo))
-        memmap.symbols = table
-    for setting, value in settings.items():
-        setattr(memmap, setting, value)
     return memmap
 
 
