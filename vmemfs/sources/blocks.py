@@ -7,10 +7,18 @@ the rearranged image of a flattened file), encoded with ``codecs[i]``.  kdump pa
 fixed-size blocks (:class:`FixedBlockSource`); AVML's framed-snappy chunks are blocks of up
 to 64 KiB each (:class:`VariableBlockSource`).
 
-Reads decode whole blocks into a bounded least-recently-used cache of decoded bytes
+Small reads decode whole blocks into a bounded least-recently-used cache of decoded bytes
 (:data:`DEFAULT_CACHE_BYTES`, 8 MiB per source: 2,048 pages of 4 KiB, or 128 AVML chunks of
 64 KiB).  A read that misses decodes the blocks it needs in one batch (at most
 :data:`BATCH_BYTES` decoded), with one ``pread`` per run of blocks stored back to back.
+
+Large reads (:data:`BULK_BYTES` or more, as the kernel's 1 MiB readahead of ``extents/``
+and ``dd`` of ``mem`` send) decode the blocks they cover whole straight into the caller's
+buffer and leave the cache alone: a run of uncompressed blocks is one ``preadv`` into the
+buffer, a stored block that many blocks share (kdump's zero page) is decoded once, and
+zlib and LZO blocks are decoded on up to :data:`DECODE_THREADS` threads at once (both
+codecs run without Python's global lock).  Only the partial blocks at either end of such a
+read go through the cache.
 
 A block that cannot be read or decoded (corrupt data, a wrong decoded size, stored bytes
 past the end of the file) is a hole for that read: :meth:`BlockSource.read_into` returns a
@@ -33,6 +41,7 @@ import zlib
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,6 +55,14 @@ DEFAULT_CACHE_BYTES = 8 << 20
 """Decoded bytes kept per source (least recently used blocks are dropped first)."""
 BATCH_BYTES = 256 << 10
 """At most this many decoded bytes are decoded by one cache miss (whole blocks)."""
+BULK_BYTES = 64 << 10
+"""Reads of at least this many bytes decode the whole blocks they cover straight into the
+caller's buffer, bypassing the cache."""
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads that decode the zlib and LZO blocks of one large read."""
+PARALLEL_BLOCKS = 64
+"""A large read decodes on several threads only if it has at least this many zlib or LZO
+blocks (fewer do not repay the hand-over)."""
 
 # Codec numbers, as stored in a block table (``uint8``).
 RAW = 0
@@ -126,6 +143,23 @@ class FileBytes:
             offset += len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def readinto(self, offset: int, buffer: memoryview) -> int:
+        """Fill ``buffer`` from ``offset`` with ``preadv``; the count is short at the end
+        of the file or at an unreadable byte."""
+        done = 0
+        total = len(buffer)
+        while done < total:
+            try:
+                count = os.preadv(self.fd, [buffer[done:]], offset + done)
+            except OSError as error:
+                if error.errno in _UNREADABLE:
+                    break
+                raise
+            if not count:
+                break
+            done += count
+        return done
+
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)
 
@@ -157,7 +191,7 @@ class _Lzo:
             raise OSError(f"{path}: lzo_init failed")
         self.decompress_safe = library.lzo1x_decompress_safe
         self.decompress_safe.restype = ctypes.c_int
-        self.decompress_safe.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
+        self.decompress_safe.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                                          ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p]
         self._buffer_types: dict[int, Any] = {}
 
@@ -174,6 +208,20 @@ class _Lzo:
         if produced.value != length:
             raise DecodeError(f"lzo: {produced.value} bytes, expected {length}")
         return out
+
+    def decode_at(self, stored: int, size: int, target: int, length: int,
+                  produced: Any) -> None:
+        """Decode ``size`` bytes at address ``stored`` into ``length`` bytes at address
+        ``target``; ``produced`` is a ``c_size_t`` of the calling thread.
+
+        :raises DecodeError: if the data is corrupt or decodes to other than ``length``.
+        """
+        produced.value = length
+        code = self.decompress_safe(stored, size, target, ctypes.byref(produced), None)
+        if code != 0:
+            raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
+        if produced.value != length:
+            raise DecodeError(f"lzo: {produced.value} bytes, expected {length}")
 
 
 _lzo: _Lzo | None = None
@@ -243,33 +291,56 @@ def decode(codec: int, stored: bytes | memoryview, length: int) -> bytes | bytea
     :raises DecodeError: with a one-line reason if the data is corrupt or does not decode
         to exactly ``length`` bytes.
     """
+    if codec == RAW:
+        if len(stored) != length:
+            raise DecodeError(f"stored size {len(stored)}, expected {length}")
+        return bytes(stored)
+    if codec == ZLIB:
+        return _inflate(stored, length)
+    out = bytearray(length)
+    decode_into(codec, stored, memoryview(out))
+    return out
+
+
+def _inflate(stored: bytes | memoryview, length: int) -> bytes:
+    try:
+        inflated = zlib.decompress(stored, 15, length)
+    except zlib.error as error:
+        raise DecodeError(f"zlib: {' '.join(str(error).split())}") from None
+    if len(inflated) != length:
+        raise DecodeError(f"zlib: {len(inflated)} bytes, expected {length}")
+    return inflated
+
+
+def decode_into(codec: int, stored: bytes | memoryview, out: memoryview) -> None:
+    """Decode one block into ``out``, which it must fill exactly.
+
+    :raises DecodeError: with a one-line reason if the data is corrupt or does not decode
+        to exactly ``len(out)`` bytes.
+    """
+    length = len(out)
     try:
         if codec == RAW:
             if len(stored) != length:
                 raise DecodeError(f"stored size {len(stored)}, expected {length}")
-            return bytes(stored)
+            out[:] = stored
+            return
         if codec == ZLIB:
-            inflater = zlib.decompressobj()
-            inflated = inflater.decompress(stored, length)
-            if not inflater.eof:
-                more = "more than" if inflater.unconsumed_tail else "not"
-                raise DecodeError(f"zlib: the stream does {more} fill {length} bytes")
-            if len(inflated) != length:
-                raise DecodeError(f"zlib: {len(inflated)} bytes, expected {length}")
-            return inflated
+            out[:] = _inflate(stored, length)
+            return
         if codec == LZO:
             assert _lzo is not None, "require_codecs first"
-            return _lzo.decode(bytes(stored), length)
+            out[:] = _lzo.decode(bytes(stored), length)
+            return
         cramjam = _cramjam
         assert cramjam is not None, "require_codecs first"
-        out = bytearray(length)
         if codec == SNAPPY:
             declared = _snappy_length(stored)
             if declared != length:
                 raise DecodeError(f"snappy: declares {declared} bytes, expected {length}")
-            count = cramjam.snappy.decompress_raw_into(bytes(stored), out)
+            count = cramjam.snappy.decompress_raw_into(stored, out)
         elif codec == ZSTD:
-            count = cramjam.zstd.decompress_into(bytes(stored), out)
+            count = cramjam.zstd.decompress_into(stored, out)
         elif codec == SNAPPY_CHUNK:
             # A one-chunk stream: cramjam checks the chunk's CRC-32C.
             count = cramjam.snappy.decompress_into(SNAPPY_STREAM_IDENTIFIER + bytes(stored),
@@ -278,10 +349,9 @@ def decode(codec: int, stored: bytes | memoryview, length: int) -> bytes | bytea
             raise DecodeError(f"unknown codec {codec}")
         if count != length:
             raise DecodeError(f"{CODEC_NAMES[codec]}: {count} bytes, expected {length}")
-        return out
     except DecodeError:
         raise
-    except (zlib.error, ValueError, OverflowError, TypeError) as error:
+    except (ValueError, OverflowError, TypeError) as error:
         raise DecodeError(f"{CODEC_NAMES.get(codec, codec)}: "
                           f"{' '.join(str(error).split())}") from None
     except Exception as error:  # cramjam.DecompressionError and its kin
@@ -289,6 +359,89 @@ def decode(codec: int, stored: bytes | memoryview, length: int) -> bytes | bytea
             raise DecodeError(f"{CODEC_NAMES.get(codec, codec)}: "
                               f"{' '.join(str(error).split())}") from None
         raise
+
+
+_PARALLEL_CODECS = frozenset((ZLIB,))
+"""Codecs worth decoding on several threads: zlib runs without Python's global lock and
+long enough per block (LZO also drops the lock, but its blocks decode in a few microseconds
+and the threads then mostly wait for the lock)."""
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+Job = tuple[int, int, memoryview, int, int, int]
+"""A block to decode into a buffer: (position, codec, stored bytes, their address (for
+LZO, else 0), target offset, length)."""
+
+
+def _decode_pool() -> ThreadPoolExecutor | None:
+    """The threads that decode large reads (``None`` on one CPU); made once per process,
+    so that a daemon which forked after opening gets its own."""
+    global _pool, _pool_pid
+    if DECODE_THREADS < 2:
+        return None
+    with _codec_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(DECODE_THREADS - 1, thread_name_prefix="vmemfs-decode")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _decode_jobs(jobs: list[Job], view: memoryview) -> tuple[int, str] | None:
+    """Decode ``jobs`` into ``view``: on several threads when there are many zlib and LZO
+    blocks.  Returns the first failing position and its reason, or ``None``."""
+    if not jobs:
+        return None
+    target_base = 0
+    anchor = None
+    if any(job[1] == LZO for job in jobs):
+        anchor = (ctypes.c_char * len(view)).from_buffer(view)
+        target_base = ctypes.addressof(anchor)
+    try:
+        threads = _decode_pool() if len(jobs) >= PARALLEL_BLOCKS and sum(
+            job[1] in _PARALLEL_CODECS for job in jobs) >= PARALLEL_BLOCKS else None
+        if threads is None:
+            return _decode_part(jobs, view, target_base)
+        share = -(-len(jobs) // DECODE_THREADS)
+        parts = [jobs[at:at + share] for at in range(0, len(jobs), share)]
+        futures = [threads.submit(_decode_part, part, view, target_base)
+                   for part in parts[1:]]
+        problems = [_decode_part(parts[0], view, target_base)]
+        problems += [future.result() for future in futures]
+        found = [problem for problem in problems if problem is not None]
+        return min(found) if found else None
+    finally:
+        del anchor
+
+
+def _decode_part(jobs: list[Job], view: memoryview, target_base: int) -> tuple[int, str] | None:
+    """Decode ``jobs`` in order; stop at the first that fails and return it."""
+    inflate = zlib.decompress
+    produced = ctypes.c_size_t()
+    for position, codec, stored, stored_address, target, length in jobs:
+        try:
+            if codec == ZLIB:
+                try:
+                    inflated = inflate(stored, 15, length)
+                except zlib.error as error:
+                    raise DecodeError(f"zlib: {' '.join(str(error).split())}") from None
+                if len(inflated) != length:
+                    raise DecodeError(f"zlib: {len(inflated)} bytes, expected {length}")
+                view[target:target + length] = inflated
+            elif codec == LZO:
+                assert _lzo is not None, "require_codecs first"
+                _lzo.decode_at(stored_address, len(stored), target_base + target, length,
+                               produced)
+            else:
+                decode_into(codec, stored, view[target:target + length])
+        except DecodeError as error:
+            return position, str(error)
+    return None
+
+
+def _copy_into(buffer: bytearray, data: bytes) -> int:
+    """Copy ``data`` to the start of ``buffer``; the count copied."""
+    buffer[:len(data)] = data
+    return len(data)
 
 
 # ---------------------------------------------------------------------- sources
@@ -366,13 +519,44 @@ class BlockSource(Source):
         """Copy decoded bytes from ``offset``; short at the end or at a block that fails.
 
         Runtime complexity: ``O(k)`` for ``k`` blocks touched, plus decoding the blocks
-        not in the cache.
+        not in the cache (a large read decodes every whole block it covers).
         """
         view = buffer if isinstance(buffer, memoryview) and buffer.format == "B" \
             else memoryview(buffer).cast("B")
         end = min(offset + len(view), self.size())
         if offset < 0 or offset >= end:
             return 0
+        if end - offset < BULK_BYTES:
+            return self._read_cached(offset, end, view)
+        # Whole blocks straight into the buffer; the partial ones at the ends, cached.
+        first = self._block_of(offset)
+        whole_start = self._start_of(first)
+        if whole_start < offset:
+            first += 1
+            whole_start = self._start_of(first) if first < self._count else end
+        stop = self._block_of(end - 1)
+        whole_end = self._start_of(stop) + self._length_of(stop)
+        if whole_end > end:
+            whole_end = self._start_of(stop)
+        else:
+            stop += 1
+        if stop - first < 2:
+            return self._read_cached(offset, end, view)
+        if whole_start > offset:
+            count = self._read_cached(offset, whole_start, view)
+            if count < whole_start - offset:
+                return count
+        count = self._read_whole(first, stop, view[whole_start - offset:whole_end - offset])
+        if count < whole_end - whole_start:
+            return whole_start - offset + count
+        if whole_end < end:
+            return whole_end - offset + self._read_cached(whole_end, end,
+                                                          view[whole_end - offset:])
+        return end - offset
+
+    def _read_cached(self, offset: int, end: int, view: memoryview) -> int:
+        """Copy source bytes ``[offset, end)`` into ``view`` (which starts at ``offset``)
+        through the cache; short at a block that fails."""
         cache = self._cache
         lock = self._lock
         position = offset
@@ -396,6 +580,118 @@ class BlockSource(Source):
             view[done:done + count] = memoryview(block)[skip:skip + count]
             position += count
         return position - offset
+
+    @abstractmethod
+    def _layout(self, first: int, stop: int) -> tuple[list[int], list[int]]:
+        """Where blocks ``first .. stop-1`` start, relative to the start of ``first``,
+        and their decoded lengths."""
+
+    def _read_whole(self, first: int, stop: int, view: memoryview) -> int:
+        """Decode blocks ``first .. stop-1`` into ``view``, which spans exactly them.
+
+        Returns the bytes served: all of them, or the bytes before the first block that
+        cannot be read or decoded (logged as :meth:`_failed` does).  The cache is neither
+        read nor filled; a stored block that several of these blocks share is decoded once.
+        """
+        count = stop - first
+        offsets_array = self._stored_offsets[first:stop]
+        sizes_array = self._stored_sizes[first:stop]
+        codecs_array = self._codecs[first:stop]
+        ends_array = offsets_array + sizes_array
+        breaks = (np.flatnonzero(offsets_array[1:] != ends_array[:-1]) + 1).tolist()
+        offsets = offsets_array.tolist()
+        sizes = sizes_array.tolist()
+        codecs = codecs_array.tolist()
+        targets, lengths = self._layout(first, stop)
+        # Runs of uncompressed blocks whose stored size is their length: read in place.
+        plain = np.cumsum((codecs_array != RAW) | (sizes_array != np.asarray(lengths)))
+        plain_before = plain.tolist()
+        stored = self._stored
+        readinto = getattr(stored, "readinto", None)
+        failure = count                    # the first block not served
+        reasons: dict[int, str] = {}
+        jobs: list[tuple[int, int, memoryview, int, int, int]] = []
+        copies: list[tuple[int, int]] = []  # (block, an earlier block it shares storage with)
+        singles: dict[tuple[int, int, int], int] = {}
+        shared = self._shared
+        anchors: list[Any] = []            # ctypes views of buffers LZO decodes from
+        runs_from = [0, *breaks]
+        runs_to = [*breaks, count]
+        for run, run_stop in zip(runs_from, runs_to, strict=True):
+            at = offsets[run]
+            span = offsets[run_stop - 1] + sizes[run_stop - 1] - at
+            target = targets[run]
+            if run_stop == run + 1:
+                key = (at, sizes[run], codecs[run])
+                if shared is not None and shared[:3] == key:
+                    view[target:target + lengths[run]] = shared[3]
+                    continue
+                earlier = singles.get(key)
+                if earlier is not None:
+                    copies.append((run, earlier))
+                    continue
+                singles[key] = run
+            if readinto is not None and plain_before[run_stop - 1] == (
+                    plain_before[run - 1] if run else 0):
+                got = readinto(at, view[target:target + span])
+                if got < span:
+                    failure = self._short_stored(run, run_stop, offsets, sizes, at + got,
+                                                 reasons)
+                    break
+                continue
+            data = bytearray(span)
+            got = readinto(at, memoryview(data)) if readinto is not None \
+                else _copy_into(data, stored.pread(at, span))
+            whole = memoryview(data)
+            base = 0
+            if LZO in codecs[run:run_stop]:
+                anchor = (ctypes.c_char * span).from_buffer(data)
+                anchors.append(anchor)
+                base = ctypes.addressof(anchor)
+            for position in range(run, run_stop):
+                start = offsets[position] - at
+                size = sizes[position]
+                if start + size > got:
+                    failure = self._short_stored(position, run_stop, offsets, sizes,
+                                                 at + got, reasons)
+                    break
+                jobs.append((position, codecs[position], whole[start:start + size],
+                             base + start, targets[position], lengths[position]))
+            if failure < count:
+                break
+        jobs = [job for job in jobs if job[0] < failure]
+        try:
+            problem = _decode_jobs(jobs, view)
+        finally:
+            del anchors
+        if problem is not None and problem[0] < failure:
+            failure, reasons[problem[0]] = problem
+        for position, earlier in copies:
+            if position < failure:
+                target = targets[position]
+                source_at = targets[earlier]
+                view[target:target + lengths[position]] = \
+                    view[source_at:source_at + lengths[earlier]]
+        if copies:
+            position = copies[-1][1]
+            if position < failure:
+                target = targets[position]
+                self._shared = (offsets[position], sizes[position], codecs[position],
+                                bytes(view[target:target + lengths[position]]))
+        if failure < count:
+            self._failed(first + failure, reasons[failure])
+            return targets[failure]
+        return len(view)
+
+    def _short_stored(self, position: int, run_stop: int, offsets: list[int],
+                      sizes: list[int], readable_end: int, reasons: dict[int, str]) -> int:
+        """The first block of ``position .. run_stop-1`` whose stored bytes pass
+        ``readable_end`` (where the stored file's bytes ended); its reason is recorded."""
+        while position < run_stop - 1 and offsets[position] + sizes[position] <= readable_end:
+            position += 1
+        reasons[position] = (f"its {sizes[position]} stored bytes at offset "
+                             f"{offsets[position]:#x} pass the end of {self._stored.name}")
+        return position
 
     def _decode_batch(self, first: int, end: int) -> dict[int, bytes | bytearray]:
         """Decode blocks ``first, first+1, ...`` up to source offset ``end`` (at most
@@ -510,6 +806,10 @@ class FixedBlockSource(BlockSource):
     def _length_of(self, index: int) -> int:
         return self.block_size
 
+    def _layout(self, first: int, stop: int) -> tuple[list[int], list[int]]:
+        size = self.block_size
+        return list(range(0, (stop - first) * size, size)), [size] * (stop - first)
+
 
 class VariableBlockSource(BlockSource):
     """Blocks of their own lengths, back to back from source offset 0."""
@@ -537,3 +837,7 @@ class VariableBlockSource(BlockSource):
 
     def _length_of(self, index: int) -> int:
         return int(self._lengths[index])
+
+    def _layout(self, first: int, stop: int) -> tuple[list[int], list[int]]:
+        starts = self._starts[first:stop]
+        return (starts - starts[0]).tolist(), self._lengths[first:stop].tolist()
