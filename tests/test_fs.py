@@ -128,6 +128,16 @@ def test_open_odd_inodes(ops: Operations) -> None:
     assert fuse_errno(ops.opendir, 999, Context()) == errno.ENOENT
 
 
+def test_the_first_open_runs_its_hook_once_before_answering(ops: Operations) -> None:
+    calls: list[int] = []
+    ops.before_first_open = lambda: calls.append(len(ops.handles.by_number))
+    assert fuse_errno(ops.open, 999, os.O_RDONLY, Context()) == errno.ENOENT
+    assert calls == [0]           # even a failing open: the hook ran before the answer
+    opened(ops, tree.MEM)
+    opened(ops, tree.MEM)
+    assert calls == [0] and ops.before_first_open is None
+
+
 def opened(ops: Operations, inode: int, flags: int = os.O_RDONLY) -> int:
     """The handle of ``inode`` opened by its owner."""
     info: pyfuse3.FileInfo = call(ops.open, inode, flags, Context())

@@ -732,6 +732,18 @@ class TestLifecycle:
         readahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
         wait_for(lambda: int(readahead.read_text()) == 1024, 10, "a 1 MiB readahead")
 
+    def test_a_file_opened_at_once_gets_the_raised_readahead(
+            self, mounts: Mounts, dump: tuple[Path, bytes]) -> None:
+        """The kernel gives a file its mount's readahead when it is opened: the first
+        open raises it before it is answered, however soon after mounting it comes."""
+        mount = mounts.foreground(dump[0])
+        with open(mount.path("mem"), "rb"):
+            [device] = [line.split()[2] for line in Path("/proc/self/mountinfo")
+                        .read_text().splitlines()
+                        if line.split()[4] == str(mount.mountpoint)]
+            readahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+            assert int(readahead.read_text()) == 1024
+
 
 def mount8_helper(name: str) -> None:
     target = Path("/usr/sbin") / name

@@ -151,6 +151,10 @@ class Operations(pyfuse3.Operations):
         """``private``: no permission bits for group and others (a live process)."""
         self.mounted = False
         """Set by :meth:`init`: the kernel is there to be told what to drop."""
+        self.before_first_open: Callable[[], object] | None = None
+        """Called once, in the first ``open`` request, before it is answered: the kernel
+        takes a file's readahead from its mount when the file is opened (``mount.vmemfs``
+        raises the readahead here, after the connection's INIT has set it)."""
         self._mem_changed = False
         tree.state.listeners.append(self._note_mem_changed)
         self._settings_changed = False
@@ -248,6 +252,9 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.before_first_open is not None:
+            hook, self.before_first_open = self.before_first_open, None
+            hook()
         node = self.nodes.get(inode)
         handle = node.open(flags & os.O_ACCMODE != os.O_RDONLY, ctx.uid == self.uid)
         return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=handle.direct_io,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import logging.handlers
 import os
@@ -271,35 +272,69 @@ READAHEAD_KB = 1024
 of the kernel's default 128 KiB."""
 
 
-async def _raise_readahead(mountpoint: str) -> None:
-    """As root, raise the mount's readahead to :data:`READAHEAD_KB` (best effort).
-
-    The kernel lowers the readahead to what the FUSE INIT reply carries, and that reply
-    goes out when the loop starts; so the value is set after a pause, and set again if it
-    was lowered meanwhile.  A larger value set by the administrator is kept.
-    """
+def _readahead_setting(mountpoint: str) -> str | None:
+    """The sysfs file holding the readahead of the vmemfs mount on ``mountpoint``; ``None``
+    unless running as root with that mount found."""
     devices = [device for target, kind, device in _mount_entries()
                if target == mountpoint and kind == f"fuse.{SUBTYPE}"]
     if os.geteuid() != 0 or not devices:
+        return None
+    return f"/sys/class/bdi/{devices[-1]}/read_ahead_kb"
+
+
+def _readahead_kb(path: str) -> int | None:
+    """The readahead in ``path``, in KiB; ``None`` if it cannot be read (logged)."""
+    try:
+        with open(path) as setting:
+            return int(setting.read())
+    except (OSError, ValueError) as error:
+        log.debug("cannot read the readahead: %s", error)
+        return None
+
+
+def _raise_readahead_now(path: str) -> bool:
+    """Raise the readahead in ``path`` to :data:`READAHEAD_KB` unless it is that or more;
+    ``False`` if the setting cannot be read or written (logged)."""
+    current = _readahead_kb(path)
+    if current is None:
+        return False
+    if current >= READAHEAD_KB:
+        return True
+    try:
+        with open(path, "w") as setting:
+            setting.write(str(READAHEAD_KB))
+    except OSError as error:
+        log.debug("cannot raise the readahead: %s", error)
+        return False
+    return True
+
+
+async def _raise_readahead(path: str | None) -> None:
+    """As root, raise the mount's readahead to :data:`READAHEAD_KB` (best effort).
+
+    The kernel lowers the readahead to what the FUSE INIT reply carries, and that reply
+    goes out when the loop starts.  The first ``open`` raises it before it is answered
+    (:attr:`Operations.before_first_open`: a file takes its readahead when opened);
+    this task raises it too, after a pause, for a mount nobody opens a file in yet, and
+    again if it was lowered meanwhile.  A larger value set by the administrator is kept.
+    """
+    if path is None:
         return
-    path = f"/sys/class/bdi/{devices[-1]}/read_ahead_kb"
     settled = 0
     while settled < 3:
         await trio.sleep(0.05)
-        try:
-            with open(path) as setting:
-                if int(setting.read()) >= READAHEAD_KB:
-                    settled += 1
-                    continue
-            with open(path, "w") as setting:
-                setting.write(str(READAHEAD_KB))
-        except (OSError, ValueError) as error:
-            log.debug("cannot raise the readahead: %s", error)
+        current = _readahead_kb(path)
+        if current is None:
             return
-        settled = 0
+        if current >= READAHEAD_KB:
+            settled += 1
+        elif not _raise_readahead_now(path):
+            return
+        else:
+            settled = 0
 
 
-async def _serve(mountpoint: str) -> None:
+async def _serve(mountpoint: str, readahead: str | None) -> None:
     """Run the FUSE loop until unmounted, or until ``SIGTERM``/``SIGINT`` ends it."""
     with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -312,17 +347,20 @@ async def _serve(mountpoint: str) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal)
-            nursery.start_soon(_raise_readahead, mountpoint)
+            nursery.start_soon(_raise_readahead, readahead)
             await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
             nursery.cancel_scope.cancel()
 
 
-def serve(mountpoint: str) -> int:
-    """Serve the filesystem mounted on ``mountpoint`` until it ends, then unmount; the
-    exit status."""
+def serve(operations: Operations, mountpoint: str) -> int:
+    """Serve ``operations``, mounted on ``mountpoint``, until the mount ends, then unmount;
+    the exit status."""
     status = EXIT_OK
     try:
-        trio.run(_serve, mountpoint)
+        readahead = _readahead_setting(mountpoint)
+        if readahead is not None:
+            operations.before_first_open = functools.partial(_raise_readahead_now, readahead)
+        trio.run(_serve, mountpoint, readahead)
     except BaseException:
         log.exception("the FUSE loop failed")
         status = EXIT_MOUNT_FAILED
@@ -395,7 +433,7 @@ def _run_foreground(invocation: Invocation, operations: Operations, mountpoint: 
     mount(operations, mountpoint, fuse_opts)
     if invocation.verbose:
         _say(f"mounted {invocation.source} on {mountpoint} (pid {os.getpid()})")
-    return serve(mountpoint)
+    return serve(operations, mountpoint)
 
 
 def _run_detached(invocation: Invocation, operations: Operations, mountpoint: str,
@@ -445,7 +483,7 @@ def _child(invocation: Invocation, operations: Operations, mountpoint: str,
     _configure_logging(foreground=False, debug=invocation.options.debug)
     os.write(report, b"ok")
     os.close(report)
-    return serve(mountpoint)
+    return serve(operations, mountpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
