@@ -209,20 +209,6 @@ class _Lzo:
             raise DecodeError(f"lzo: {produced.value} bytes, expected {length}")
         return out
 
-    def decode_at(self, stored: int, size: int, target: int, length: int,
-                  produced: Any) -> None:
-        """Decode ``size`` bytes at address ``stored`` into ``length`` bytes at address
-        ``target``; ``produced`` is a ``c_size_t`` of the calling thread.
-
-        :raises DecodeError: if the data is corrupt or decodes to other than ``length``.
-        """
-        produced.value = length
-        code = self.decompress_safe(stored, size, target, ctypes.byref(produced), None)
-        if code != 0:
-            raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
-        if produced.value != length:
-            raise DecodeError(f"lzo: {produced.value} bytes, expected {length}")
-
 
 _lzo: _Lzo | None = None
 _cramjam: Any = None
@@ -368,9 +354,38 @@ and the threads then mostly wait for the lock)."""
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
-Job = tuple[int, int, memoryview, int, int, int]
-"""A block to decode into a buffer: (position, codec, stored bytes, their address (for
-LZO, else 0), target offset, length)."""
+class _Plan:
+    """The blocks of one large read that need decoding, as parallel lists (one entry per
+    block, in block order), and the buffers holding their stored bytes."""
+
+    __slots__ = ("bases", "buffers", "codecs", "lengths", "positions", "sizes", "starts",
+                 "targets", "views")
+
+    def __init__(self, positions: list[int], codecs: list[int], buffers: list[int],
+                 starts: list[int], sizes: list[int], targets: list[int],
+                 lengths: list[int], views: list[memoryview], bases: list[int]) -> None:
+        self.positions = positions
+        """Each block's position in the read."""
+        self.codecs = codecs
+        self.buffers = buffers
+        """Which of :attr:`views` holds each block's stored bytes ..."""
+        self.starts = starts
+        """... from which offset in it, ..."""
+        self.sizes = sizes
+        """... and how many."""
+        self.targets = targets
+        """Where each block goes in the read's buffer, and its decoded length."""
+        self.lengths = lengths
+        self.views = views
+        """Buffers of stored bytes, one per run of blocks stored back to back."""
+        self.bases = bases
+        """Their addresses (0 for one without LZO blocks)."""
+
+    def part(self, begin: int, end: int) -> _Plan:
+        """The blocks ``begin .. end-1`` of this plan."""
+        return _Plan(self.positions[begin:end], self.codecs[begin:end],
+                     self.buffers[begin:end], self.starts[begin:end], self.sizes[begin:end],
+                     self.targets[begin:end], self.lengths[begin:end], self.views, self.bases)
 
 
 def _decode_pool() -> ThreadPoolExecutor | None:
@@ -386,23 +401,25 @@ def _decode_pool() -> ThreadPoolExecutor | None:
         return _pool
 
 
-def _decode_jobs(jobs: list[Job], view: memoryview) -> tuple[int, str] | None:
-    """Decode ``jobs`` into ``view``: on several threads when there are many zlib and LZO
-    blocks.  Returns the first failing position and its reason, or ``None``."""
-    if not jobs:
+def _decode_plan(plan: _Plan, view: memoryview) -> tuple[int, str] | None:
+    """Decode the blocks of ``plan`` into ``view``: on several threads when it has
+    :data:`PARALLEL_BLOCKS` blocks of :data:`_PARALLEL_CODECS` or more.  Returns the first
+    failing position and its reason, or ``None``."""
+    count = len(plan.positions)
+    if not count:
         return None
     target_base = 0
     anchor = None
-    if any(job[1] == LZO for job in jobs):
+    if any(plan.bases):
         anchor = (ctypes.c_char * len(view)).from_buffer(view)
         target_base = ctypes.addressof(anchor)
     try:
-        threads = _decode_pool() if len(jobs) >= PARALLEL_BLOCKS and sum(
-            job[1] in _PARALLEL_CODECS for job in jobs) >= PARALLEL_BLOCKS else None
+        parallel = sum(plan.codecs.count(codec) for codec in _PARALLEL_CODECS)
+        threads = _decode_pool() if parallel >= PARALLEL_BLOCKS else None
         if threads is None:
-            return _decode_part(jobs, view, target_base)
-        share = -(-len(jobs) // DECODE_THREADS)
-        parts = [jobs[at:at + share] for at in range(0, len(jobs), share)]
+            return _decode_part(plan, view, target_base)
+        share = -(-count // DECODE_THREADS)
+        parts = [plan.part(at, at + share) for at in range(0, count, share)]
         futures = [threads.submit(_decode_part, part, view, target_base)
                    for part in parts[1:]]
         problems = [_decode_part(parts[0], view, target_base)]
@@ -413,26 +430,40 @@ def _decode_jobs(jobs: list[Job], view: memoryview) -> tuple[int, str] | None:
         del anchor
 
 
-def _decode_part(jobs: list[Job], view: memoryview, target_base: int) -> tuple[int, str] | None:
-    """Decode ``jobs`` in order; stop at the first that fails and return it."""
+def _decode_part(plan: _Plan, view: memoryview, target_base: int) -> tuple[int, str] | None:
+    """Decode the blocks of ``plan`` in order; stop at the first that fails and return
+    its position and reason."""
     inflate = zlib.decompress
     produced = ctypes.c_size_t()
-    for position, codec, stored, stored_address, target, length in jobs:
+    produced_at = ctypes.byref(produced)
+    lzo = _lzo.decompress_safe if _lzo is not None else None
+    views = plan.views
+    bases = plan.bases
+    for position, codec, buffer, start, size, target, length in zip(
+            plan.positions, plan.codecs, plan.buffers, plan.starts, plan.sizes, plan.targets,
+            plan.lengths, strict=True):
         try:
-            if codec == ZLIB:
+            if codec == LZO and lzo is not None:
+                # Called here, with addresses, to spare every Python step around the call
+                # that can be spared: it is most of an LZO block's cost.
+                produced.value = length
+                code = lzo(bases[buffer] + start, size, target_base + target, produced_at,
+                           None)
+                if code != 0 or produced.value != length:
+                    raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}"
+                                      if code else
+                                      f"lzo: {produced.value} bytes, expected {length}")
+            elif codec == ZLIB:
                 try:
-                    inflated = inflate(stored, 15, length)
+                    inflated = inflate(views[buffer][start:start + size], 15, length)
                 except zlib.error as error:
                     raise DecodeError(f"zlib: {' '.join(str(error).split())}") from None
                 if len(inflated) != length:
                     raise DecodeError(f"zlib: {len(inflated)} bytes, expected {length}")
                 view[target:target + length] = inflated
-            elif codec == LZO:
-                assert _lzo is not None, "require_codecs first"
-                _lzo.decode_at(stored_address, len(stored), target_base + target, length,
-                               produced)
             else:
-                decode_into(codec, stored, view[target:target + length])
+                decode_into(codec, views[buffer][start:start + size],
+                            view[target:target + length])
         except DecodeError as error:
             return position, str(error)
     return None
@@ -595,73 +626,74 @@ class BlockSource(Source):
         """
         count = stop - first
         offsets_array = self._stored_offsets[first:stop]
-        sizes_array = self._stored_sizes[first:stop]
+        sizes_array = self._stored_sizes[first:stop].astype(np.uint64)
         codecs_array = self._codecs[first:stop]
+        targets, lengths = self._layout(first, stop)
+        # Runs of blocks stored back to back; a run of uncompressed blocks whose stored
+        # size is their length is read in place.
         ends_array = offsets_array + sizes_array
-        breaks = (np.flatnonzero(offsets_array[1:] != ends_array[:-1]) + 1).tolist()
+        breaks = np.ones(count, dtype=bool)
+        np.not_equal(offsets_array[1:], ends_array[:-1], out=breaks[1:])
+        run_firsts_array = np.flatnonzero(breaks)
+        run_of_block = np.cumsum(breaks) - 1
+        not_plain = (codecs_array != RAW) | (sizes_array != np.asarray(lengths, np.uint64))
+        plain_runs = (np.add.reduceat(not_plain, run_firsts_array) == 0).tolist()
+        run_firsts = run_firsts_array.tolist()
+        run_stops = [*run_firsts[1:], count]
         offsets = offsets_array.tolist()
         sizes = sizes_array.tolist()
         codecs = codecs_array.tolist()
-        targets, lengths = self._layout(first, stop)
-        # Runs of uncompressed blocks whose stored size is their length: read in place.
-        plain = np.cumsum((codecs_array != RAW) | (sizes_array != np.asarray(lengths)))
-        plain_before = plain.tolist()
         stored = self._stored
         readinto = getattr(stored, "readinto", None)
         failure = count                    # the first block not served
         reasons: dict[int, str] = {}
-        jobs: list[tuple[int, int, memoryview, int, int, int]] = []
+        buffer_of_run = np.full(len(run_firsts), -1, dtype=np.int64)
+        views: list[memoryview] = []
+        bases: list[int] = []
+        anchors: list[Any] = []            # ctypes views of the buffers LZO decodes from
         copies: list[tuple[int, int]] = []  # (block, an earlier block it shares storage with)
         singles: dict[tuple[int, int, int], int] = {}
         shared = self._shared
-        anchors: list[Any] = []            # ctypes views of buffers LZO decodes from
-        runs_from = [0, *breaks]
-        runs_to = [*breaks, count]
-        for run, run_stop in zip(runs_from, runs_to, strict=True):
-            at = offsets[run]
-            span = offsets[run_stop - 1] + sizes[run_stop - 1] - at
-            target = targets[run]
-            if run_stop == run + 1:
-                key = (at, sizes[run], codecs[run])
+        for run, (begin, end) in enumerate(zip(run_firsts, run_stops, strict=True)):
+            at = offsets[begin]
+            span = offsets[end - 1] + sizes[end - 1] - at
+            target = targets[begin]
+            if end == begin + 1:
+                key = (at, sizes[begin], codecs[begin])
                 if shared is not None and shared[:3] == key:
-                    view[target:target + lengths[run]] = shared[3]
+                    view[target:target + lengths[begin]] = shared[3]
                     continue
                 earlier = singles.get(key)
                 if earlier is not None:
-                    copies.append((run, earlier))
+                    copies.append((begin, earlier))
                     continue
-                singles[key] = run
-            if readinto is not None and plain_before[run_stop - 1] == (
-                    plain_before[run - 1] if run else 0):
+                singles[key] = begin
+            if readinto is not None and plain_runs[run]:
                 got = readinto(at, view[target:target + span])
                 if got < span:
-                    failure = self._short_stored(run, run_stop, offsets, sizes, at + got,
+                    failure = self._short_stored(begin, end, offsets, sizes, at + got,
                                                  reasons)
                     break
                 continue
             data = bytearray(span)
             got = readinto(at, memoryview(data)) if readinto is not None \
                 else _copy_into(data, stored.pread(at, span))
-            whole = memoryview(data)
-            base = 0
-            if LZO in codecs[run:run_stop]:
+            buffer_of_run[run] = len(views)
+            views.append(memoryview(data))
+            if LZO in codecs[begin:end]:
                 anchor = (ctypes.c_char * span).from_buffer(data)
                 anchors.append(anchor)
-                base = ctypes.addressof(anchor)
-            for position in range(run, run_stop):
-                start = offsets[position] - at
-                size = sizes[position]
-                if start + size > got:
-                    failure = self._short_stored(position, run_stop, offsets, sizes,
-                                                 at + got, reasons)
-                    break
-                jobs.append((position, codecs[position], whole[start:start + size],
-                             base + start, targets[position], lengths[position]))
-            if failure < count:
+                bases.append(ctypes.addressof(anchor))
+            else:
+                bases.append(0)
+            if got < span:
+                failure = self._short_stored(begin, end, offsets, sizes, at + got, reasons)
                 break
-        jobs = [job for job in jobs if job[0] < failure]
         try:
-            problem = _decode_jobs(jobs, view)
+            plan = self._plan(buffer_of_run, run_of_block, run_firsts_array, failure,
+                              codecs_array, sizes_array, offsets_array, targets, lengths,
+                              views, bases)
+            problem = _decode_plan(plan, view)
         finally:
             del anchors
         if problem is not None and problem[0] < failure:
@@ -682,6 +714,22 @@ class BlockSource(Source):
             self._failed(first + failure, reasons[failure])
             return targets[failure]
         return len(view)
+
+    @staticmethod
+    def _plan(buffer_of_run: np.ndarray, run_of_block: np.ndarray,
+              run_firsts: np.ndarray, failure: int, codecs: np.ndarray, sizes: np.ndarray,
+              offsets: np.ndarray, targets: list[int], lengths: list[int],
+              views: list[memoryview], bases: list[int]) -> _Plan:
+        """The blocks before ``failure`` whose stored bytes were read into a buffer."""
+        buffers = buffer_of_run[run_of_block[:failure]]
+        positions = np.flatnonzero(buffers >= 0)
+        runs = run_of_block[positions]
+        starts = offsets[positions] - offsets[run_firsts[runs]]
+        wanted = positions.tolist()
+        return _Plan(wanted, codecs[positions].tolist(), buffers[positions].tolist(),
+                     starts.tolist(), sizes[positions].tolist(),
+                     [targets[position] for position in wanted],
+                     [lengths[position] for position in wanted], views, bases)
 
     def _short_stored(self, position: int, run_stop: int, offsets: list[int],
                       sizes: list[int], readable_end: int, reasons: dict[int, str]) -> int:
