@@ -230,6 +230,44 @@ def test_merges_keep_every_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
             assert (piece.source, piece.offset + a - piece.start) == reference[a]
 
 
+def test_lookups_between_inserts_never_see_a_stale_piece(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lookup`` remembers the piece it found last: every kind of insert (one, many,
+    runs, and the merges they set off) must make it look again."""
+    monkeypatch.setattr(index_module, "_MIN_TOP", 4)
+    monkeypatch.setattr(index_module, "_SAMPLE", 3)
+    rng = random.Random(8)
+    ix = SegmentIndex()
+    reference: dict[int, tuple[int, int]] = {}
+
+    def check(address: int) -> None:
+        piece = ix.lookup(address)
+        assert (piece is None) == (address not in reference), address
+        if piece is not None:
+            assert piece.start <= address < piece.end
+            assert (piece.source, piece.offset + address - piece.start) == reference[address]
+
+    for step in range(400):
+        start = rng.randrange(300)
+        end = min(300, start + rng.choice([1, 3, 20, 90]))
+        delta = rng.randrange(1 << 64)
+        check(rng.randrange(start, end))          # remembered, then overridden
+        kind = rng.choice(["one", "many", "runs"])
+        if kind == "one":
+            ix.insert(start, end, step, delta)
+        elif kind == "many":
+            ix.insert_many([start], [end], [step], [delta])
+        else:
+            ix.insert_runs(np.array([start], dtype=np.uint64),
+                           np.array([end - 1], dtype=np.uint64),
+                           np.array([step], dtype=np.int32),
+                           np.array([delta], dtype=np.uint64))
+        for a in range(start, end):
+            reference[a] = (step, (a + delta) & MASK64)
+        for address in (start, end - 1, rng.randrange(300)):
+            check(address)
+
+
 def test_memory_per_piece_is_a_few_tens_of_bytes() -> None:
     ix = SegmentIndex()
     rng = random.Random(11)

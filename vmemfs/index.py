@@ -92,8 +92,8 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     [(4096, 12288)]
     """
 
-    __slots__ = ("_deltas", "_extents", "_lasts", "_sample", "_sources", "_starts", "_top",
-                 "_views")
+    __slots__ = ("_deltas", "_extents", "_hit", "_lasts", "_sample", "_sources", "_starts",
+                 "_top", "_views")
 
     def __init__(self) -> None:
         self._starts: np.ndarray = _empty(np.uint64)
@@ -106,6 +106,8 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         # than converting a numpy scalar.
         self._views: tuple[memoryview, ...] = ()
         self._sample: list[int] = []
+        self._hit: Piece | None = None
+        """The piece :meth:`lookup` found last (reads cluster); dropped by every change."""
         self._set_base(self._starts, self._lasts, self._sources, self._deltas)
         self._extents: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -126,6 +128,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         if start == end:
             return
         self._extents = None
+        self._hit = None
         top = self._top
         top.override(start, end - 1, source, delta & MASK64)
         if len(top.values) > _MIN_TOP and len(top.values) > len(self._starts) >> _TOP_SHIFT:
@@ -179,6 +182,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
             return
         self.flush()
         self._extents = None
+        self._hit = None
         self._merge(starts, lasts, sources, deltas)
 
     def flush(self) -> None:
@@ -262,6 +266,7 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     def _set_base(self, starts: np.ndarray, lasts: np.ndarray, sources: np.ndarray,
                   deltas: np.ndarray) -> None:
         self._starts, self._lasts, self._sources, self._deltas = starts, lasts, sources, deltas
+        self._hit = None
         self._views = tuple(memoryview(a.data) for a in (starts, lasts, sources, deltas))
         self._sample = starts[::_SAMPLE].tolist()
 
@@ -279,15 +284,19 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
     def lookup(self, address: int) -> Piece | None:
         """The whole piece that serves ``address``, or ``None`` for a hole.
 
-        Runtime complexity: ``O(log n)``.
+        Runtime complexity: ``O(1)`` inside the piece found last, else ``O(log n)``.
         """
+        hit = self._hit
+        if hit is not None and hit.start <= address < hit.end:
+            return hit
         top = self._top
         if top.values:
             key = top.predecessor(address)
             if key is not None:
                 last, source, delta = top.values[key]
                 if last >= address:
-                    return Piece(key, last + 1, source, (key + delta) & MASK64)
+                    self._hit = Piece(key, last + 1, source, (key + delta) & MASK64)
+                    return self._hit
         if not 0 <= address < ADDRESS_LIMIT:
             return None
         j = self._base_position(address)
@@ -300,7 +309,8 @@ source=1, offset=0), Piece(start=8192, end=12288, source=0, offset=4096)]
         start = start_view[j]
         base = Piece(start, last + 1, source_view[j], (start + delta_view[j]) & MASK64)
         if top.values:
-            return self._clip_by_top(base, address)
+            base = self._clip_by_top(base, address)
+        self._hit = base
         return base
 
     def _clip_by_top(self, piece: Piece, address: int) -> Piece:

@@ -143,7 +143,8 @@ class FileSource(Source):
         return done
 
     def view(self, offset: int, length: int) -> memoryview:
-        size = self.size()
+        # The size now, every time: a file that shrank must not be read past its end.
+        size = os.fstat(self.fd).st_size if self._regular else self.size()
         if offset + length > size:
             length = max(0, size - offset)
         if length == 0:
