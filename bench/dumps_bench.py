@@ -257,7 +257,7 @@ def main() -> None:
                               0.8, "×"))
     section.markdown = "\n".join([
         f"A QEMU 7.2 guest of {manifest.get('memory', '128M')} running Debian's kernel "
-        f"{manifest.get('kernel_release', '')}. **Every dumped page** (`dd bs=1M` of each "
+        f"{manifest.get('kernel', {}).get('abi', '')}. **Every dumped page** (`dd bs=1M` of each "
         "`extents/` file of a fresh mount, against drgn's `Program.read` in 1 MiB "
         f"pieces; median of {rounds} alternating rounds; the dump file page-cached):",
         "",
