@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from vmemfs.errors import FormatError
-from vmemfs.sources import Source
+from vmemfs.sources import Source, close_quietly
 
 if TYPE_CHECKING:
     from vmemfs.memmap import MemoryMap
@@ -175,7 +175,7 @@ class ProcessMemory:
         """Take ownership of ``fd`` (closed by :meth:`close`, or when dropped)."""
         self.fd = fd
         self.name = name
-        self._closer = weakref.finalize(self, _close_quietly, fd)
+        self._closer = weakref.finalize(self, close_quietly, fd)
 
     def read_into(self, address: int, buffer: memoryview) -> int:
         """Copy the process's bytes from ``address`` into ``buffer``; return the count.
@@ -218,13 +218,6 @@ class ProcessMemory:
         """Close the descriptor; later reads return 0 bytes."""
         self.fd = -1
         self._closer()
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 class ProcessMappingSource(Source):

@@ -27,8 +27,38 @@ from typing import BinaryIO
 Buffer = memoryview | bytes | bytearray
 """What a read hands back: bytes, or a zero-copy view of them."""
 
-_UNREADABLE = frozenset((errno.EIO, errno.EFAULT, errno.ENXIO))
+UNREADABLE = frozenset((errno.EIO, errno.EFAULT, errno.ENXIO))
 """Errors of ``pread`` that mean "these bytes cannot be served": a hole, not a failure."""
+
+
+def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``offset`` of ``fd`` with ``preadv``, however many calls it
+    takes; the count is short at the end of the file or at an unreadable byte
+    (:data:`UNREADABLE`).
+
+    :raises OSError: for any other error.
+    """
+    done = 0
+    total = len(buffer)
+    while done < total:
+        try:
+            count = os.preadv(fd, [buffer[done:]], offset + done)
+        except OSError as error:
+            if error.errno in UNREADABLE:
+                break
+            raise
+        if count <= 0:
+            break
+        done += count
+    return done
+
+
+def close_quietly(fd: int) -> None:
+    """Close ``fd``, ignoring errors (for finalizers)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 SourceSpec = str | os.PathLike[str] | bytes | int | BinaryIO
 """What ``add_file`` accepts: a path, a file descriptor or a binary file object."""
@@ -119,7 +149,7 @@ class FileSource(Source):
         self._map_view: memoryview | None = None
         self._map_tried = False
         # A map dropped without close() must not leak its descriptors.
-        self._closer = weakref.finalize(self, _close_quietly, fd)
+        self._closer = weakref.finalize(self, close_quietly, fd)
 
     def size(self) -> int:
         if self._regular:
@@ -127,20 +157,7 @@ class FileSource(Source):
         return os.lseek(self.fd, 0, os.SEEK_END)
 
     def read_into(self, offset: int, buffer: memoryview) -> int:
-        fd = self.fd
-        done = 0
-        total = len(buffer)
-        while done < total:
-            try:
-                count = os.preadv(fd, [buffer[done:]], offset + done)
-            except OSError as error:
-                if error.errno in _UNREADABLE:
-                    break
-                raise
-            if count <= 0:
-                break
-            done += count
-        return done
+        return pread_into(self.fd, offset, buffer)
 
     def view(self, offset: int, length: int) -> memoryview:
         # The size now, every time: a file that shrank must not be read past its end.
@@ -175,13 +192,6 @@ class FileSource(Source):
         self._map_view = None
         self._map = None
         self._closer()
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def open_file_source(spec: SourceSpec) -> Source:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import logging
 import os
 import threading
@@ -47,7 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vmemfs.errors import FormatError
-from vmemfs.sources import Source
+from vmemfs.sources import UNREADABLE, Source, pread_into
 
 _log = logging.getLogger(__name__)
 
@@ -86,7 +85,6 @@ CODEC_NAMES = {RAW: "raw", ZLIB: "zlib", LZO: "lzo", SNAPPY: "snappy", ZSTD: "zs
 SNAPPY_STREAM_IDENTIFIER = b"\xff\x06\x00\x00sNaPpY"
 """The chunk that starts every framed snappy stream."""
 
-_UNREADABLE = frozenset((errno.EIO, errno.EFAULT, errno.ENXIO))
 
 
 class DecodeError(Exception):
@@ -133,7 +131,7 @@ class FileBytes:
             try:
                 chunk = os.pread(self.fd, size, offset)
             except OSError as error:
-                if error.errno in _UNREADABLE:
+                if error.errno in UNREADABLE:
                     break
                 raise
             if not chunk:
@@ -144,21 +142,9 @@ class FileBytes:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def readinto(self, offset: int, buffer: memoryview) -> int:
-        """Fill ``buffer`` from ``offset`` with ``preadv``; the count is short at the end
-        of the file or at an unreadable byte."""
-        done = 0
-        total = len(buffer)
-        while done < total:
-            try:
-                count = os.preadv(self.fd, [buffer[done:]], offset + done)
-            except OSError as error:
-                if error.errno in _UNREADABLE:
-                    break
-                raise
-            if not count:
-                break
-            done += count
-        return done
+        """Fill ``buffer`` from ``offset``; the count is short at the end of the file or
+        at an unreadable byte."""
+        return pread_into(self.fd, offset, buffer)
 
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)
