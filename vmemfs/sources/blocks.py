@@ -16,8 +16,8 @@ Large reads (:data:`BULK_BYTES` or more, as the kernel's 1 MiB readahead of ``ex
 and ``dd`` of ``mem`` send) decode the blocks they cover whole straight into the caller's
 buffer and leave the cache alone: a run of uncompressed blocks is one ``preadv`` into the
 buffer, a stored block that many blocks share (kdump's zero page) is decoded once, and
-zlib and LZO blocks are decoded on up to :data:`DECODE_THREADS` threads at once (both
-codecs run without Python's global lock).  Only the partial blocks at either end of such a
+zlib blocks are decoded on up to :data:`DECODE_THREADS` threads at once (zlib runs without
+Python's global lock).  Only the partial blocks at either end of such a
 read go through the cache.
 
 A block that cannot be read or decoded (corrupt data, a wrong decoded size, stored bytes
@@ -58,10 +58,10 @@ BULK_BYTES = 64 << 10
 """Reads of at least this many bytes decode the whole blocks they cover straight into the
 caller's buffer, bypassing the cache."""
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
-"""Threads that decode the zlib and LZO blocks of one large read."""
+"""Threads that decode the zlib blocks of one large read."""
 PARALLEL_BLOCKS = 64
-"""A large read decodes on several threads only if it has at least this many zlib or LZO
-blocks (fewer do not repay the hand-over)."""
+"""A large read decodes on several threads only if it has at least this many zlib blocks
+(fewer do not repay the hand-over)."""
 
 # Codec numbers, as stored in a block table (``uint8``).
 RAW = 0
@@ -189,11 +189,17 @@ class _Lzo:
             buffer_type = self._buffer_types.setdefault(length, ctypes.c_char * length)
         target = buffer_type.from_buffer(out) if length else None
         code = self.decompress_safe(stored, len(stored), target, ctypes.byref(produced), None)
-        if code != 0:
-            raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
-        if produced.value != length:
-            raise DecodeError(f"lzo: {produced.value} bytes, expected {length}")
+        if code != 0 or produced.value != length:
+            raise _lzo_failure(code, produced.value, length)
         return out
+
+
+def _lzo_failure(code: int, produced: int, length: int) -> DecodeError:
+    """Why ``lzo1x_decompress_safe`` failed: its error ``code``, or a count other than
+    ``length``."""
+    if code != 0:
+        return DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}")
+    return DecodeError(f"lzo: {produced} bytes, expected {length}")
 
 
 _lzo: _Lzo | None = None
@@ -263,18 +269,21 @@ def decode(codec: int, stored: bytes | memoryview, length: int) -> bytes | bytea
     :raises DecodeError: with a one-line reason if the data is corrupt or does not decode
         to exactly ``length`` bytes.
     """
-    if codec == RAW:
-        if len(stored) != length:
-            raise DecodeError(f"stored size {len(stored)}, expected {length}")
-        return bytes(stored)
     if codec == ZLIB:
         return _inflate(stored, length)
+    if codec == LZO:
+        assert _lzo is not None, "require_codecs first"
+        return _lzo.decode(bytes(stored), length)
     out = bytearray(length)
     decode_into(codec, stored, memoryview(out))
     return out
 
 
 def _inflate(stored: bytes | memoryview, length: int) -> bytes:
+    """One zlib stream that must decode to exactly ``length`` bytes.
+
+    :raises DecodeError: if it is corrupt, or decodes to more or fewer bytes.
+    """
     try:
         inflated = zlib.decompress(stored, 15, length)
     except zlib.error as error:
@@ -419,7 +428,6 @@ def _decode_plan(plan: _Plan, view: memoryview) -> tuple[int, str] | None:
 def _decode_part(plan: _Plan, view: memoryview, target_base: int) -> tuple[int, str] | None:
     """Decode the blocks of ``plan`` in order; stop at the first that fails and return
     its position and reason."""
-    inflate = zlib.decompress
     produced = ctypes.c_size_t()
     produced_at = ctypes.byref(produced)
     lzo = _lzo.decompress_safe if _lzo is not None else None
@@ -436,17 +444,10 @@ def _decode_part(plan: _Plan, view: memoryview, target_base: int) -> tuple[int, 
                 code = lzo(bases[buffer] + start, size, target_base + target, produced_at,
                            None)
                 if code != 0 or produced.value != length:
-                    raise DecodeError(f"lzo: {_LZO_ERRORS.get(code, f'error {code}')}"
-                                      if code else
-                                      f"lzo: {produced.value} bytes, expected {length}")
+                    raise _lzo_failure(code, produced.value, length)
             elif codec == ZLIB:
-                try:
-                    inflated = inflate(views[buffer][start:start + size], 15, length)
-                except zlib.error as error:
-                    raise DecodeError(f"zlib: {' '.join(str(error).split())}") from None
-                if len(inflated) != length:
-                    raise DecodeError(f"zlib: {len(inflated)} bytes, expected {length}")
-                view[target:target + length] = inflated
+                view[target:target + length] = _inflate(views[buffer][start:start + size],
+                                                        length)
             else:
                 decode_into(codec, views[buffer][start:start + size],
                             view[target:target + length])
