@@ -298,8 +298,11 @@ def _raise_readahead_now(path: str) -> bool:
     current = _readahead_kb(path)
     if current is None:
         return False
-    if current >= READAHEAD_KB:
-        return True
+    return current >= READAHEAD_KB or _write_readahead(path)
+
+
+def _write_readahead(path: str) -> bool:
+    """Write :data:`READAHEAD_KB` to ``path``; ``False`` if it cannot be written (logged)."""
     try:
         with open(path, "w") as setting:
             setting.write(str(READAHEAD_KB))
@@ -328,7 +331,7 @@ async def _raise_readahead(path: str | None) -> None:
             return
         if current >= READAHEAD_KB:
             settled += 1
-        elif not _raise_readahead_now(path):
+        elif not _write_readahead(path):
             return
         else:
             settled = 0
