@@ -14,8 +14,10 @@ expects back (:meth:`KdumpWritten.expected_map` and friends).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import random
 import struct
@@ -554,6 +556,18 @@ def compare_maps(got: MemoryMap, expected: MemoryMap, rng: random.Random,
         address = max(0, rng.randrange(start - 3 * 4096, end + 4096))
         size = rng.choice([1, 2, 7, 100, 4095, 4096, 4097, 10_000, 70_000])
         assert got.read(address, size) == expected.read(address, size), (hex(address), size)
+
+
+@contextlib.contextmanager
+def block_warnings_off() -> Iterator[None]:
+    """Silence the block sources' warnings about pages that fail to decode, for tests
+    that read many corrupt pages on purpose."""
+    logger = logging.getLogger("vmemfs.sources.blocks")
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = False
 
 
 def open_and_read_all(open_dump: Callable[[Path], Dump], path: Path) -> None:

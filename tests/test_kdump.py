@@ -18,6 +18,7 @@ import pytest
 from dumpwriters import (
     CODECS,
     KdumpWritten,
+    block_warnings_off,
     compare_maps,
     mutated,
     open_and_read_all,
@@ -393,12 +394,9 @@ def test_opening_reads_no_page_data(tmp_path: Path) -> None:
         stream.write(b"\x5a" * (written.image_size - written.data_offset))
     got, _ = load(tmp_path / "d")
     assert got.extents() == [(0, 16 * 4096)]
-    logging.getLogger("vmemfs.sources.blocks").disabled = True
-    try:
+    with block_warnings_off():
         for pfn in range(16):
             assert got.read(pfn * 4096, 4096) == b""
-    finally:
-        logging.getLogger("vmemfs.sources.blocks").disabled = False
 
 
 def test_source_reads_short_past_its_end_and_across_pages(tmp_path: Path) -> None:
@@ -682,20 +680,16 @@ def fuzz_bases(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_dumps(tmp_path: Path, fuzz_bases: list[bytes], which: int,
                        edits: list[tuple[int, int]]) -> None:
-    logging.getLogger("vmemfs.sources.blocks").disabled = True
-    try:
+    with block_warnings_off():
         path = tmp_path / "mutant"
         path.write_bytes(mutated(fuzz_bases[which], edits))
         open_and_read_all(open_kdump, path)
-    finally:
-        logging.getLogger("vmemfs.sources.blocks").disabled = False
 
 
 def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
     """Each prefix (at a few hundred cut points, every structure boundary among them)
     opens or fails with a one-line FormatError."""
-    logging.getLogger("vmemfs.sources.blocks").disabled = True
-    try:
+    with block_warnings_off():
         for content in fuzz_bases:
             path = tmp_path / "prefix"
             cuts = sorted(set(range(0, len(content), max(1, len(content) // 150)))
@@ -703,8 +697,6 @@ def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
             for cut in cuts:
                 path.write_bytes(content[:cut])
                 open_and_read_all(open_kdump, path)
-    finally:
-        logging.getLogger("vmemfs.sources.blocks").disabled = False
 
 
 def test_incomplete_dump_cut_inside_the_descriptor_table(tmp_path: Path) -> None:

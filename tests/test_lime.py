@@ -15,6 +15,7 @@ from dumpwriters import (
     AVML_MAGIC,
     LIME_MAGIC,
     SNAPPY_STREAM_IDENTIFIER,
+    block_warnings_off,
     compare_maps,
     lime_header,
     mutated,
@@ -312,13 +313,10 @@ def fuzz_bases(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_captures(tmp_path: Path, fuzz_bases: list[bytes], which: int,
                           edits: list[tuple[int, int]]) -> None:
-    logging.getLogger("vmemfs.sources.blocks").disabled = True
-    try:
+    with block_warnings_off():
         path = tmp_path / "mutant"
         path.write_bytes(mutated(fuzz_bases[which], edits))
         open_and_read_all(open_lime, path)
-    finally:
-        logging.getLogger("vmemfs.sources.blocks").disabled = False
 
 
 def test_every_truncation(tmp_path: Path, fuzz_bases: list[bytes]) -> None:
