@@ -3,16 +3,8 @@
 ``guest()`` returns the paths of one guest's dumps, all taken from one paused VM state,
 building them on first use (about a minute at 128M; see ``guest/build.py``) into
 ``${VMEMFS_TEST_CACHE:-/var/cache/vmemfs-tests}/guest-r<recipe>-<kernel>-<memory>/``.
-A test skips when QEMU cannot be had here::
-
-    from guestdumps import GuestUnavailable, guest
-
-    @pytest.fixture(scope="module")
-    def dumps() -> Guest:
-        try:
-            return guest()
-        except GuestUnavailable as error:
-            pytest.skip(str(error))
+Tests take them through the ``dumps`` fixture of ``conftest.py``, which skips the test
+(saying why) when QEMU cannot be had here.
 """
 
 from __future__ import annotations

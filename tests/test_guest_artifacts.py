@@ -21,18 +21,10 @@ import pytest
 from elftools import readelf_loads
 from guest import cpio
 from guest.build import build, cache_root, module_depends, modules_in_load_order
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 PAGE = 4096
 START_KERNEL_MAP = 0xFFFFFFFF80000000
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest()
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 def read_at(path: Path, offset: int, length: int) -> bytes:

@@ -33,7 +33,7 @@ from artifacts.build import ToolMissing, build_marker
 from conftest import Mounts
 from dumpwriters import write_avml, write_kdump, write_lime
 from elftools import readelf_loads
-from guestdumps import Guest, GuestUnavailable, guest
+from guestdumps import Guest
 
 import vmemfs
 from vmemfs import HoleError, MemoryMap
@@ -669,14 +669,6 @@ def test_every_source_kind(kind: str, mounts: Mounts, tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------- a QEMU guest
-
-
-@pytest.fixture(scope="module")
-def dumps() -> Guest:
-    try:
-        return guest("128M")
-    except GuestUnavailable as error:
-        pytest.skip(str(error))
 
 
 def kernel_symbol(dumps: Guest, name: str) -> int:
