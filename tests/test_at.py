@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from chain import chain_bytes
 from conftest import Mounts
 from mounting import Mount, sh, wait_for
 
@@ -96,15 +97,7 @@ def test_address_names() -> None:
 def chain_source(tmp_path: Path) -> Path:
     """A map file: a linked list of three nodes ``{next, name}`` (64-bit little endian)
     at 0x10000000, and a 32-bit word at 0x10000100."""
-    nodes = [(0x10000000, b"first"), (0x10000040, b"second"), (0x10000080, b"third")]
-    blob = bytearray(0x104)
-    for number, (address, name) in enumerate(nodes):
-        at = address - 0x10000000
-        following = nodes[number + 1][0] if number + 1 < len(nodes) else 0
-        struct.pack_into("<QQ", blob, at, following, address + 16)
-        blob[at + 16: at + 16 + len(name) + 1] = name + b"\0"
-    struct.pack_into("<I", blob, 0x100, 0xdeadbeef)
-    (tmp_path / "chain.bin").write_bytes(bytes(blob))
+    (tmp_path / "chain.bin").write_bytes(chain_bytes())
     path = tmp_path / "chain.toml"
     path.write_text('[[map]]\nfile = "chain.bin"\naddress = 0x10000000\n')
     return path

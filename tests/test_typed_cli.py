@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from artifacts.build import DATA_ADDRESS, ToolMissing, build_words
+from chain import chain_bytes
 from conftest import Mounts
 from mounting import sh
 
@@ -44,7 +45,6 @@ from vmemfs.errors import FormatError
 HERE = Path(__file__).resolve().parent
 VMEMFS = Path(sys.executable).parent / "vmemfs"
 
-NODES = [(0x10000000, b"first"), (0x10000040, b"second"), (0x10000080, b"third")]
 """A linked list ``{next, name}`` (64-bit little endian) in ``chain.bin``."""
 
 
@@ -60,14 +60,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``chain.toml`` (with ``symbols = "chain.map"``), ``chain.bin``, ``chain.map``, and
     ``plain.toml`` (the same bytes, no settings, no symbols)."""
     folder = tmp_path_factory.mktemp("chain")
-    blob = bytearray(0x104)
-    for number, (address, name) in enumerate(NODES):
-        at = address - 0x10000000
-        following = NODES[number + 1][0] if number + 1 < len(NODES) else 0
-        struct.pack_into("<QQ", blob, at, following, address + 16)
-        blob[at + 16:at + 16 + len(name) + 1] = name + b"\0"
-    struct.pack_into("<I", blob, 0x100, 0xDEADBEEF)
-    (folder / "chain.bin").write_bytes(bytes(blob))
+    (folder / "chain.bin").write_bytes(chain_bytes())
     (folder / "chain.map").write_text("0000000010000000 D HEAD_NODE\n"
                                       "0000000010000100 D magic\n"
                                       "0000000010000050 r second_name\n")
