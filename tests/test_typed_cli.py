@@ -45,8 +45,6 @@ from vmemfs.errors import FormatError
 HERE = Path(__file__).resolve().parent
 VMEMFS = Path(sys.executable).parent / "vmemfs"
 
-"""A linked list ``{next, name}`` (64-bit little endian) in ``chain.bin``."""
-
 
 def need(tool: str) -> str:
     path = shutil.which(tool)
