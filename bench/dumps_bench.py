@@ -177,22 +177,18 @@ def virtual_comparison(folder: Path, work: Path,
             Mount(mount_command(source, physical_mount), physical_mount, work / "phys.log"):
         base = int((virtual_mount / ".ctl" / "base").read_text(), 16)
 
-        def virtual() -> float:
+        def dd_text(mem: Path, skip: int) -> float:
+            """Seconds for ``dd`` to read the kernel text from ``skip`` in ``mem``."""
             began = time.perf_counter()
-            subprocess.run(["dd", f"if={virtual_mount / 'mem'}", "of=/dev/null",
-                            f"bs={BLOCK}", f"skip={text_start - base}", f"count={length}",
+            subprocess.run(["dd", f"if={mem}", "of=/dev/null", f"bs={BLOCK}",
+                            f"skip={skip}", f"count={length}",
                             "iflag=skip_bytes,count_bytes", "status=none"], check=True)
             return time.perf_counter() - began
 
-        def through_physical() -> float:
-            began = time.perf_counter()
-            subprocess.run(["dd", f"if={physical_mount / 'mem'}", "of=/dev/null",
-                            f"bs={BLOCK}", f"skip={physical_start}", f"count={length}",
-                            "iflag=skip_bytes,count_bytes", "status=none"], check=True)
-            return time.perf_counter() - began
-
-        samples = alternate({"virtual (mem)": virtual,
-                             "physical (mem)": through_physical}, rounds)
+        samples = alternate(
+            {"virtual (mem)": lambda: dd_text(virtual_mount / "mem", text_start - base),
+             "physical (mem)": lambda: dd_text(physical_mount / "mem", physical_start)},
+            rounds)
     return build_seconds, samples, length
 
 
