@@ -258,6 +258,31 @@ def test_truncated_backing_file_reads_as_holes(tmp_path: Path) -> None:
     assert m.extents() == [(0x10000, 0x12000)]  # the layout stays (SPEC 4.7)
 
 
+def test_reads_leave_the_callers_file_offset_alone(tmp_path: Path) -> None:
+    # A descriptor handed to add_file is duplicated: the duplicate shares the caller's
+    # file offset, so the size of the file must be asked without seeking.  The same
+    # reads, on the source opened from the path, may seek their own descriptor.
+    path = tmp_path / "dump"
+    path.write_bytes(bytes(range(256)) * 32)
+    with open(path, "rb") as handle:
+        handle.seek(1234)
+        given = MemoryMap()
+        given.add_file(handle.fileno(), 0x1000)
+        given.add_file(handle, 0x10000)
+        for address in (0x1000, 0x10000):
+            assert bytes(given.view(address + 5, 4)) == bytes(range(5, 9))
+            assert given.read(address, 8192) == path.read_bytes()
+        assert os.lseek(handle.fileno(), 0, os.SEEK_CUR) == 1234
+        opened = MemoryMap.of_file(path, 0)
+        assert bytes(opened.view(300, 4)) == bytes(range(44, 48))
+        os.truncate(path, 4096)
+        for memory_map, address in ((given, 0x1000), (given, 0x10000), (opened, 0)):
+            assert memory_map.read(address, 8192) == bytes(range(256)) * 16
+            with pytest.raises(HoleError):
+                memory_map.view(address + 4096, 1)
+        assert os.lseek(handle.fileno(), 0, os.SEEK_CUR) == 1234
+
+
 def test_view_of_a_shrunk_file_never_kills_the_process(tmp_path: Path) -> None:
     # A child process maps a file, the file shrinks, and the child reads through every
     # public path: it must end normally, not by SIGBUS.

@@ -263,7 +263,8 @@ def open_lime(path: str | os.PathLike[str], *,
 
 def _open_lime(file: FileBytes, name: str) -> Dump:
     ranges = _read_headers(file, name, "lime", None)
-    source = FileSource(os.dup(file.fd), file.name)
+    # The reader's descriptor is closed at once: the duplicate's offset is the source's own.
+    source = FileSource(os.dup(file.fd), file.name, private_offset=True)
     file.close()
     addresses = np.array([r.address for r in ranges], dtype=np.uint64)
     offsets = np.array([r.data_offset for r in ranges], dtype=np.uint64)
