@@ -85,6 +85,15 @@ def check(base: int, mappings: list[tuple[int, bytes]], probes: list[int], patte
         for size in (1, 7, 64):
             expected = naive_read(memory, address, size)
             assert m.read(address, size) == expected
+            if expected:  # the view: the same bytes, up to the first hole
+                assert bytes(m.view(address, size)) == expected
+            else:
+                try:
+                    m.view(address, size)
+                except HoleError as error:
+                    assert error.address == address
+                else:
+                    raise AssertionError("a view of a hole did not raise")
             if address + size > 2**64:
                 try:
                     m.get_bytes(address, size)

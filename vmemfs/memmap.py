@@ -495,10 +495,12 @@ class MemoryMap:
         piece = self._index.lookup(address)
         if piece is None:
             raise HoleError(address)
+        start, piece_end, source, offset = piece
         end = address + size
-        if end <= piece.end or self._index.lookup(piece.end) is None:
-            result = self._sources[piece.source].view(
-                piece.offset + address - piece.start, min(end, piece.end) - address)
+        if end <= piece_end:
+            result = self._sources[source].view(offset + address - start, size)
+        elif self._index.lookup(piece_end) is None:
+            result = self._sources[source].view(offset + address - start, piece_end - address)
         else:
             buffer = bytearray(min(size, ADDRESS_LIMIT - address))
             count = self.read_into(address, buffer)
