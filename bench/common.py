@@ -252,7 +252,10 @@ class Target:
             return "not measured"
         if self.met:
             return f"met ({fmt_ratio(self.margin)} the goal)"
-        return f"missed by {fmt_ratio(1 / self.margin)}"
+        factor = 1 / self.margin
+        if factor < 1.1:  # a near miss: enough digits that it does not read "by 1×"
+            return f"missed by {factor:.3f}×"
+        return f"missed by {fmt_ratio(factor)}"
 
     def line(self) -> str:
         """One line for the terminal."""
