@@ -143,8 +143,9 @@ class FileSource(Source):
 
         ``private_offset``: no one else shares ``fd``'s file offset (it was opened from a
         path, not duplicated from a caller's descriptor), so the size can be asked with
-        ``lseek``, which moves that offset: a third of the cost of ``fstat`` on every
-        read.  Reads never use the offset (``pread``).
+        ``lseek``, which moves that offset: a quarter of the cost of ``fstat``, on every
+        read.  Reads never use the offset (``pread``).  A file that is not regular (a
+        block device) is always sized with ``lseek``: ``fstat`` does not give its size.
         """
         self.fd = fd
         self.name = name
@@ -168,6 +169,7 @@ class FileSource(Source):
 
     def view(self, offset: int, length: int) -> memoryview:
         # The size now, every time: a file that shrank must not be read past its end.
+        # (size(), inlined: this is the read path of mem.)
         if self._seek_size:
             size = os.lseek(self.fd, 0, os.SEEK_END)
         else:
