@@ -153,8 +153,9 @@ class MountState:
 
         In page-cache mode the backing files are checked first: if one is shorter than
         when mounted, ``mem`` is served with ``direct_io`` from then on (its reads stop
-        at the first lost byte, to the byte).  Runtime complexity: one ``fstat`` per
-        backing file, in page-cache mode only.
+        at the first lost byte, to the byte).  Runtime complexity: one size query
+        (``lseek`` or ``fstat``, :meth:`Source.size`) per backing file, in page-cache mode
+        only.
         """
         if self.mem_page_cached and any(source.size() < size
                                         for source, size in self._file_sizes):
